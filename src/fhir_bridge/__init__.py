@@ -1,0 +1,1 @@
+"""fhir_bridge: FHIR interoperability middleware for patient care coordination."""

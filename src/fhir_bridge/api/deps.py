@@ -1,0 +1,18 @@
+"""FastAPI dependencies: the running bridge and its services, as `Annotated` aliases."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from fhir_bridge.runtime import Bridge
+
+
+def get_bridge(request: Request) -> Bridge:
+    """The bridge this app serves (set by `create_app`)."""
+    bridge: Bridge = request.app.state.bridge
+    return bridge
+
+
+BridgeDep = Annotated[Bridge, Depends(get_bridge)]

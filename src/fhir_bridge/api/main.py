@@ -1,0 +1,37 @@
+"""The coordinator API, assembled: `create_app(bridge)`; OpenAPI docs at /docs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+from fhir_bridge.api import errors
+from fhir_bridge.api.routes import ops, queues, tasks
+from fhir_bridge.runtime import Bridge
+
+
+def create_app(bridge: Bridge) -> FastAPI:
+    """A FastAPI app serving `bridge`'s queues, tasks and operator views."""
+    app = FastAPI(
+        title="fhir_bridge",
+        summary="Coordinator queues built from FHIR servers, written back as FHIR",
+        version="0.1.0",
+    )
+    app.state.bridge = bridge
+    errors.install(app)
+    app.include_router(queues.router)
+    app.include_router(tasks.router)
+    app.include_router(ops.router)
+
+    @app.get("/", include_in_schema=False)
+    def index() -> dict[str, Any]:
+        return {
+            "name": "fhir_bridge",
+            "queues": "/queues",
+            "sources": "/sources",
+            "quarantine": "/quarantine",
+            "docs": "/docs",
+        }
+
+    return app

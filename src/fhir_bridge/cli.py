@@ -1,0 +1,237 @@
+"""The `fhir-bridge` command: run, sync, serve, demo.
+
+A face: it parses arguments, shows progress and turns errors into one readable line and a
+non-zero exit. The work happens in `runtime.Bridge`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fhir_bridge.config import Settings, load_settings
+from fhir_bridge.errors import FhirBridgeError
+from fhir_bridge.logging import configure_logging
+from fhir_bridge.runtime import Bridge
+from fhir_bridge.sync.engine import SourceReport
+
+app = typer.Typer(
+    name="fhir-bridge",
+    help="FHIR interoperability middleware for patient care coordination.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+err = Console(stderr=True)
+out = Console()
+
+
+class _State:
+    config: Path | None = None
+
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="settings file (default $FHIR_BRIDGE_CONFIG or config/bridge.yaml)"
+    ),
+]
+
+
+@app.callback()
+def _main(config: ConfigOpt = None) -> None:
+    _State.config = config
+
+
+def _settings() -> Settings:
+    settings = load_settings(_State.config)
+    configure_logging(settings.log_level)
+    return settings
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Progress | None]:
+    """A progress bar on stderr when it is a terminal."""
+    if not enabled or not err.is_terminal:
+        yield None
+        return
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    )
+    with bar:
+        yield bar
+
+
+def _sync_with_progress(bridge: Bridge, *, full: bool, only: str | None) -> list[SourceReport]:
+    with _progress(True) as bar:
+        ids: dict[tuple[str, str], object] = {}
+
+        def on_progress(source: str, rtype: str, done: int, total: int | None) -> None:
+            if bar is None:
+                return
+            key = (source, rtype)
+            if key not in ids:
+                ids[key] = bar.add_task(f"{source} {rtype}", total=total)
+            bar.update(ids[key], completed=done, total=total)  # type: ignore[arg-type]
+
+        return asyncio.run(bridge.sync_once(full=full, progress=on_progress, only=only))
+
+
+def _print_reports(reports: list[SourceReport]) -> bool:
+    ok = True
+    for report in reports:
+        for t in report.types:
+            r = t.result
+            status = "ok" if t.error is None else f"FAILED: {t.error}"
+            out.print(
+                f"{report.source} {t.resource_type}: {r.received} received, {r.stored} stored, "
+                f"{r.unchanged} unchanged, {r.quarantined} quarantined, "
+                f"{r.tasks_created} tasks created, {r.tasks_updated} updated "
+                f"({t.seconds:.2f} s) {status}",
+                highlight=False,
+            )
+            ok = ok and t.error is None
+    return ok
+
+
+@app.command()
+def sync(
+    once: Annotated[bool, typer.Option("--once", help="one run, then exit")] = False,
+    full: Annotated[
+        bool, typer.Option("--full", help="ignore cursors: re-pull everything")
+    ] = False,
+    source: Annotated[str | None, typer.Option(help="only this source")] = None,
+) -> None:
+    """Pull resources from the configured FHIR servers and update the queues."""
+    settings = _settings()
+    if source is not None:
+        settings.source(source)  # KeyError -> reported by main()
+    bridge = Bridge(settings)
+    try:
+        if once:
+            if not _print_reports(_sync_with_progress(bridge, full=full, only=source)):
+                raise typer.Exit(1)
+            return
+        if full:
+            _print_reports(_sync_with_progress(bridge, full=True, only=source))
+        asyncio.run(_until_interrupted(bridge, serve=False, sync=True, writeback=False))
+    finally:
+        bridge.close()
+
+
+async def _until_interrupted(bridge: Bridge, *, serve: bool, sync: bool, writeback: bool) -> None:
+    stop = asyncio.Event()
+    jobs = []
+    if sync or writeback:
+        jobs.append(asyncio.create_task(bridge.run_loops(stop, sync=sync, writeback=writeback)))
+    try:
+        if serve:
+            await _serve(bridge)
+        else:
+            await asyncio.Event().wait()  # until Ctrl-C cancels us
+    finally:
+        stop.set()
+        await asyncio.gather(*jobs, return_exceptions=True)
+
+
+async def _serve(bridge: Bridge) -> None:
+    from fhir_bridge.api import create_app
+
+    api = bridge.settings.api
+    config = uvicorn.Config(
+        create_app(bridge), host=api.host, port=api.port, log_config=None, access_log=False
+    )
+    await uvicorn.Server(config).serve()
+
+
+@app.command()
+def serve() -> None:
+    """Serve the coordinator API only (no sync, no write-back)."""
+    bridge = Bridge(_settings())
+    try:
+        asyncio.run(_until_interrupted(bridge, serve=True, sync=False, writeback=False))
+    finally:
+        bridge.close()
+
+
+@app.command()
+def run() -> None:
+    """Sync on every source's interval, serve the API and deliver write-backs."""
+    bridge = Bridge(_settings())
+    api = bridge.settings.api
+    err.print(f"fhir_bridge API on http://{api.host}:{api.port}/queues (docs at /docs)")
+    try:
+        asyncio.run(_until_interrupted(bridge, serve=True, sync=True, writeback=True))
+    finally:
+        bridge.close()
+
+
+@app.command()
+def demo(
+    port: Annotated[
+        int | None, typer.Option(help="API port (default from config/demo.yaml)")
+    ] = None,
+) -> None:
+    """Start a sandbox EHR (SEKMET) with the sample population, sync it, serve the API."""
+    from fhir_bridge.sandbox import Sekmet, load_ndjson, sample_data_dir, seed
+
+    config = _State.config or Path("config/demo.yaml")
+    base = load_settings(config)
+    configure_logging("WARNING")
+    err.print("Starting the sandbox EHR (SEKMET; the first run installs it, about 20 s)...")
+    with Sekmet() as ehr:
+        url = ehr.start()
+        files = sorted(sample_data_dir().glob("*.ndjson"))
+        count = seed(url, load_ndjson(files))
+        err.print(f"Sandbox EHR at {url} holds {count} sample resources.")
+        source = base.sources[0].model_copy(update={"base_url": url})
+        settings = base.model_copy(update={"sources": (source, *base.sources[1:])})
+        if port is not None:
+            settings = settings.model_copy(
+                update={"api": settings.api.model_copy(update={"port": port})}
+            )
+        settings.storage.path.unlink(missing_ok=True)  # the sandbox is new, so is the demo store
+        bridge = Bridge(settings)
+        try:
+            _print_reports(_sync_with_progress(bridge, full=True, only=None))
+            api = settings.api
+            out.print(
+                f"\nfhir_bridge is running. Open http://{api.host}:{api.port}/queues "
+                f"(API docs: http://{api.host}:{api.port}/docs). Ctrl-C stops it.",
+                highlight=False,
+            )
+            asyncio.run(_until_interrupted(bridge, serve=True, sync=True, writeback=True))
+        finally:
+            bridge.close()
+
+
+def main() -> None:
+    """Entry point of the console script: errors become one line and exit status 2."""
+    try:
+        app()
+    except FhirBridgeError as exc:
+        err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyError as exc:
+        err.print(f"error: no source named {exc.args[0]!r} in the configuration", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

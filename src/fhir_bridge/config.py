@@ -1,0 +1,262 @@
+"""Typed settings from `config/bridge.yaml`, overridable by `FHIR_BRIDGE_*` environment variables.
+
+Precedence (highest first): environment (`FHIR_BRIDGE_API__PORT=9000`, nested keys joined by
+`__`), then the YAML file, then defaults. Relative paths in the file are resolved against the
+file's own folder, so the bridge behaves the same whatever the working directory.
+
+A wrong file never ends in a traceback: `load_settings` raises `ConfigError` naming the file,
+the key path and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from fhir_bridge.errors import ConfigError
+
+DEFAULT_CONFIG = Path("config/bridge.yaml")
+CONFIG_ENV = "FHIR_BRIDGE_CONFIG"
+
+# The resource types a coordinator's work comes from (DESIGN.md, duty-to-FHIR table).
+DEFAULT_RESOURCE_TYPES = (
+    "Patient",
+    "CarePlan",
+    "Appointment",
+    "MedicationStatement",
+    "CoverageEligibilityRequest",
+)
+
+_SECRET_KEYS = frozenset({"token", "password", "secret", "client_secret", "private_key"})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoAuth(_Strict):
+    """No authentication (a sandbox or a server behind a trusted gateway)."""
+
+    type: Literal["none"] = "none"
+
+
+class BearerAuth(_Strict):
+    """A static bearer token, given inline or (better) through an environment variable."""
+
+    type: Literal["bearer"]
+    token: SecretStr | None = None
+    token_env: str | None = None
+
+    @model_validator(mode="after")
+    def _one_token(self) -> BearerAuth:
+        if (self.token is None) == (self.token_env is None):
+            raise ValueError("give exactly one of 'token' or 'token_env'")
+        return self
+
+    def resolve_token(self) -> str:
+        """The token value, read from the environment when `token_env` is set."""
+        if self.token is not None:
+            return self.token.get_secret_value()
+        assert self.token_env is not None  # noqa: S101  (guaranteed by _one_token)
+        value = os.environ.get(self.token_env)
+        if not value:
+            raise ConfigError(f"environment variable {self.token_env} (bearer token) is not set")
+        return value
+
+
+AuthConfig = Annotated[NoAuth | BearerAuth, Field(discriminator="type")]
+
+
+class SourceConfig(_Strict):
+    """One FHIR server the bridge pulls from and writes back to."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    base_url: HttpUrl
+    auth: AuthConfig = NoAuth()
+    resource_types: tuple[str, ...] = DEFAULT_RESOURCE_TYPES
+    page_size: int = Field(default=100, ge=1, le=1000)
+    poll_interval: float = Field(default=60.0, gt=0, description="seconds between sync runs")
+    overlap: float = Field(
+        default=300.0, ge=0, description="seconds re-read before the cursor, for late commits"
+    )
+    timeout: float = Field(default=30.0, gt=0)
+    max_connections: int = Field(default=5, ge=1, le=100)
+    retry_attempts: int = Field(default=5, ge=1, le=20)
+    retry_max_wait: float = Field(default=60.0, gt=0)
+    writeback: bool = True
+
+    @field_validator("resource_types")
+    @classmethod
+    def _known_types(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from fhir_bridge.validate.parse import is_known_type
+
+        unknown = [t for t in value if not is_known_type(t)]
+        if unknown:
+            raise ValueError(f"not FHIR R4 resource types: {', '.join(unknown)}")
+        if not value:
+            raise ValueError("list at least one resource type")
+        return value
+
+    @property
+    def url(self) -> str:
+        """The base URL as a string without a trailing slash."""
+        return str(self.base_url).rstrip("/")
+
+
+class StorageConfig(_Strict):
+    """Where the bridge keeps resources, tasks, cursors, quarantine and outbox."""
+
+    engine: Literal["sqlite"] = "sqlite"
+    path: Path = Path("../var/fhir-bridge.db")
+
+
+class ApiConfig(_Strict):
+    """The coordinator API."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+
+
+class WritebackConfig(_Strict):
+    """Delivery of coordinators' changes to the FHIR servers."""
+
+    interval: float = Field(default=2.0, gt=0, description="seconds between outbox scans")
+    max_attempts: int = Field(default=10, ge=1)
+    max_backoff: float = Field(default=300.0, gt=0)
+    identifier_system: str = "urn:fhir-bridge:task"
+
+
+class Settings(BaseSettings):
+    """All settings of one bridge installation."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FHIR_BRIDGE_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    sources: tuple[SourceConfig, ...] = ()
+    storage: StorageConfig = StorageConfig()
+    api: ApiConfig = ApiConfig()
+    writeback: WritebackConfig = WritebackConfig()
+    mappings_dir: Path = Path("../mappings")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    config_file: Path | None = None
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, value: tuple[SourceConfig, ...]) -> tuple[SourceConfig, ...]:
+        names = [s.name for s in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique; repeated: {', '.join(dupes)}")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the file (passed as init kwargs by load_settings).
+        return (env_settings, init_settings)
+
+    def source(self, name: str) -> SourceConfig:
+        """The source called `name` (KeyError if none)."""
+        for src in self.sources:
+            if src.name == name:
+                return src
+        raise KeyError(name)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: YAML syntax error: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: YAML syntax error: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: expected a mapping of settings at the top, got {type(data).__name__}"
+        )
+    return data
+
+
+def _describe(error: Any) -> str:
+    loc = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    msg = error["msg"]
+    if error["type"] == "extra_forbidden":
+        msg = "unknown key (check the spelling; see README 'Configuration')"
+    elif error["type"] == "missing":
+        msg = "required key is missing"
+    leaf = str(error["loc"][-1]) if error["loc"] else ""
+    shown = ""
+    value = error.get("input")
+    if (
+        leaf not in _SECRET_KEYS
+        and isinstance(value, str | int | float | bool)
+        and error["type"] != "missing"
+    ):
+        shown = f" (got {value!r})"
+    return f"{loc}: {msg}{shown}"
+
+
+def _resolve(path: Path, base: Path) -> Path:
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def load_settings(path: Path | str | None = None) -> Settings:
+    """Read, validate and resolve the settings file.
+
+    :param path: the YAML file; default `$FHIR_BRIDGE_CONFIG`, else `config/bridge.yaml`.
+    :raises ConfigError: naming the file, each wrong key path and what was expected.
+    """
+    file = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+    data = _read_yaml(file)
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        lines = "\n".join(f"  {_describe(e)}" for e in exc.errors())
+        raise ConfigError(f"{file}: invalid configuration:\n{lines}") from None
+    base = file.resolve().parent
+    storage = settings.storage.model_copy(update={"path": _resolve(settings.storage.path, base)})
+    return settings.model_copy(
+        update={
+            "storage": storage,
+            "mappings_dir": _resolve(settings.mappings_dir, base),
+            "config_file": file.resolve(),
+        }
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings for this process, loaded once (tests call `get_settings.cache_clear()`)."""
+    return load_settings()

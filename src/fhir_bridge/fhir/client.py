@@ -1,0 +1,604 @@
+"""Async FHIR REST client: one connection pool per server, retries, paged search, no PHI in logs."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import importlib.metadata
+import json
+import random
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+
+import httpx
+import structlog
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+
+from fhir_bridge.errors import (
+    FatalFhirError,
+    FhirRequestError,
+    MalformedResponse,
+    PreconditionFailed,
+    ResourceNotFound,
+    TemporaryFhirError,
+)
+
+log = structlog.get_logger(__name__)
+
+FHIR_JSON = "application/fhir+json"
+MAX_CONNECTIONS = 5  # EHRs tend to be very busy; a sync job must not crowd out clinicians
+DEFAULT_MAX_PAGES = 100_000
+
+_TEMPORARY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+_GONE_STATUSES = frozenset({404, 410})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_MAX_OUTCOME_CHARS = 500
+# FHIR's own syntax for ids and type names; anything else could change the request path.
+_ID_RE = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_TYPE_RE = re.compile(r"[A-Z][A-Za-z]{0,63}")
+
+Params = Mapping[str, str] | Sequence[tuple[str, str]]
+_ResourceKey = tuple[str, str, str | None]
+_Query = tuple[tuple[str, str], ...]
+
+
+def _user_agent() -> str:
+    try:
+        version = importlib.metadata.version("fhir-bridge")
+    except importlib.metadata.PackageNotFoundError:
+        version = "0+unknown"
+    return f"fhir-bridge/{version}"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to retry temporary failures (408, 429, 5xx, network errors)."""
+
+    attempts: int = 5  # total tries, the first included
+    max_wait: float = 60.0  # cap on one wait in seconds; also caps the server's Retry-After
+    initial_wait: float = 0.5  # first backoff when the server gives no Retry-After
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError("RetryPolicy.attempts must be at least 1")
+        if self.max_wait < 0 or self.initial_wait < 0:
+            raise ValueError("RetryPolicy waits must not be negative")
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of search results."""
+
+    resources: list[dict[str, Any]]  # search.mode 'match' (or none), deduplicated within the run
+    included: list[dict[str, Any]]  # search.mode 'include'
+    number: int  # 1-based
+    total: int | None  # Bundle.total, if the server gave it
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What the server told us about a create or update."""
+
+    status: int
+    resource: dict[str, Any] | None  # the body, if the server returned the resource
+    resource_id: str | None
+    version_id: str | None
+    created: bool
+
+
+@dataclass(frozen=True)
+class _Call:
+    """What a request is about, for messages and logs (never the query or the body)."""
+
+    method: str
+    resource_type: str
+    resource_id: str | None = None
+
+    def describe(self, source: str) -> str:
+        target = self.resource_type
+        if self.resource_id is not None:
+            target += f"/{self.resource_id}"
+        return f"{self.method} {target} on source {source}"
+
+
+_DEFAULT_RETRY = RetryPolicy()
+
+
+class FhirClient:
+    """Talk to one FHIR server. Use as ``async with FhirClient(...) as fhir:``.
+
+    :param base_url: the server's FHIR base, e.g. ``https://ehr.example.org/fhir/r4``.
+    :param auth: an ``httpx.Auth`` from :mod:`fhir_bridge.fhir.auth`, or ``None``.
+    :param timeout: seconds for each of connect, read, write and pool acquisition.
+    :param max_connections: connection pool size (busy EHRs dislike many parallel requests).
+    :param transport: replaces the network, for tests (``httpx.MockTransport``).
+    :param source: the configured source id, used in error messages and logs.
+    :param sleep: awaited between retries; tests pass a recorder.
+    :param max_pages: a search that has more pages fails with ``MalformedResponse``.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        auth: httpx.Auth | None = None,
+        timeout: float = 30.0,
+        max_connections: int = MAX_CONNECTIONS,
+        retry: RetryPolicy = _DEFAULT_RETRY,
+        transport: httpx.AsyncBaseTransport | None = None,
+        source: str = "",
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        max_pages: int = DEFAULT_MAX_PAGES,
+    ) -> None:
+        self._base = httpx.URL(base_url.rstrip("/") + "/")
+        if self._base.scheme not in _DEFAULT_PORTS or not self._base.host or self._base.query:
+            raise ValueError("base_url must be an http(s) URL without a query string")
+        self._auth = auth
+        self._timeout = httpx.Timeout(timeout)
+        self._limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+        self._retry = retry
+        self._transport = transport
+        self._source = source
+        self._sleep = sleep
+        self._max_pages = max_pages
+        self._http: httpx.AsyncClient | None = None
+
+    async def __aenter__(self) -> FhirClient:
+        if self._http is not None:
+            raise RuntimeError("FhirClient is already open")
+        self._http = httpx.AsyncClient(
+            base_url=self._base,
+            auth=self._auth,
+            timeout=self._timeout,
+            limits=self._limits,
+            transport=self._transport,
+            headers={"Accept": FHIR_JSON, "User-Agent": _user_agent()},
+            follow_redirects=False,  # a redirect could carry our credentials to another host
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        http, self._http = self._http, None
+        if http is not None:
+            await http.aclose()
+
+    async def capabilities(self) -> dict[str, Any]:
+        """Fetch the server's CapabilityStatement (``GET [base]/metadata``)."""
+        call = _Call("GET", "metadata")
+        response = await self._request(call, "metadata")
+        return _json_object(response, call, self._source)
+
+    async def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
+        """Read the current version of one resource.
+
+        :raises ResourceNotFound: on 404 or 410.
+        """
+        _check_type(resource_type)
+        _check_id(resource_id)
+        call = _Call("GET", resource_type, resource_id)
+        response = await self._request(call, f"{resource_type}/{resource_id}")
+        body = _json_object(response, call, self._source)
+        if body.get("resourceType") != resource_type:
+            raise _malformed(response, call, self._source, f"body is not a {resource_type}")
+        return body
+
+    def search(self, resource_type: str, params: Params) -> AsyncIterator[Page]:
+        """Search ``[base]/Type``; yield one :class:`Page` per Bundle, following next links.
+
+        Each page is retried on its own. A resource seen before in this run (same type, id and
+        versionId) is left out of later pages.
+
+        :param params: search parameters; values are PHI and never reach logs or messages.
+        :raises MalformedResponse: a non-Bundle body, a next link that loops, more than max_pages.
+        :raises FatalFhirError: a next link pointing at another scheme, host or port.
+        """
+        _check_type(resource_type)
+        if isinstance(params, str | bytes):
+            raise TypeError("params must be a mapping or a sequence of (name, value) pairs")
+        self._client()  # fail now, not at the first iteration
+        query = tuple(params.items()) if isinstance(params, Mapping) else tuple(params)
+        return self._pages(resource_type, query)
+
+    async def update(self, resource: dict[str, Any], *, if_match: str | None = None) -> WriteResult:
+        """Write a resource with ``PUT [base]/Type/id``.
+
+        :param if_match: the versionId we read (``"3"``), sent as ``If-Match: W/"3"``.
+        :raises PreconditionFailed: the resource changed since that version (412).
+        :raises ValueError: the resource has no valid ``resourceType`` or ``id``.
+        """
+        resource_type = _check_type(resource.get("resourceType"))
+        resource_id = _check_id(resource.get("id"))
+        headers = {"Content-Type": FHIR_JSON}
+        if if_match is not None:
+            headers["If-Match"] = if_match if if_match.startswith("W/") else f'W/"{if_match}"'
+        call = _Call("PUT", resource_type, resource_id)
+        response = await self._request(
+            call, f"{resource_type}/{resource_id}", headers=headers, content=_dump(resource)
+        )
+        return _write_result(response, call, self._source)
+
+    async def create(
+        self, resource: dict[str, Any], *, if_none_exist: str | None = None
+    ) -> WriteResult:
+        """Create a resource with ``POST [base]/Type``.
+
+        :param if_none_exist: a search query such as ``identifier=sys|val``, sent as the
+            ``If-None-Exist`` header so the server returns the match (200) instead of creating.
+        :raises ValueError: the resource has no valid ``resourceType``.
+        """
+        resource_type = _check_type(resource.get("resourceType"))
+        headers = {"Content-Type": FHIR_JSON}
+        if if_none_exist is not None:
+            headers["If-None-Exist"] = if_none_exist
+        call = _Call("POST", resource_type)
+        response = await self._request(
+            call, resource_type, headers=headers, content=_dump(resource)
+        )
+        return _write_result(response, call, self._source)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            raise RuntimeError("FhirClient must be used inside 'async with'")
+        return self._http
+
+    def _path(self, url: str | httpx.URL) -> str:
+        try:
+            return self._base.join(url).path
+        except httpx.InvalidURL:
+            return self._base.path
+
+    async def _pages(self, resource_type: str, query: _Query) -> AsyncIterator[Page]:
+        call = _Call("GET", resource_type)
+        fetched: set[str] = set()
+        seen: set[_ResourceKey] = set()
+        url: str | httpx.URL = resource_type
+        params: _Query | None = query
+        number = 0
+        while True:
+            number += 1
+            response = await self._request(call, url, params=params)
+            fetched.add(str(response.request.url))
+            bundle = _json_object(response, call, self._source)
+            if bundle.get("resourceType") != "Bundle":
+                raise _malformed(response, call, self._source, "search answer is not a Bundle")
+            yield _page(bundle, number, seen, response, call, self._source)
+            next_url = self._next_url(bundle, response, call)
+            if next_url is None:
+                return
+            if str(next_url) in fetched:
+                raise _malformed(
+                    response, call, self._source, f"next link loops after page {number}"
+                )
+            if number >= self._max_pages:
+                raise _malformed(response, call, self._source, f"more than {self._max_pages} pages")
+            url, params = next_url, None
+
+    def _next_url(
+        self, bundle: dict[str, Any], response: httpx.Response, call: _Call
+    ) -> httpx.URL | None:
+        links = bundle.get("link") or []
+        if not isinstance(links, list):
+            raise _malformed(response, call, self._source, "Bundle.link is not a list")
+        hrefs = [
+            link.get("url")
+            for link in links
+            if isinstance(link, dict) and link.get("relation") == "next"
+        ]
+        if not hrefs:
+            return None
+        href = hrefs[0]
+        if not isinstance(href, str) or not href:
+            raise _malformed(response, call, self._source, "next link has no url")
+        try:
+            url = self._base.join(href)  # relative links resolve against base_url
+        except httpx.InvalidURL as exc:
+            raise _malformed(response, call, self._source, "next link is not a URL") from exc
+        if _origin(url) != _origin(self._base):
+            # Never follow: our Authorization header would go to that host.
+            raise FatalFhirError(
+                f"{call.describe(self._source)}: next link points at another server "
+                f"({url.scheme}://{url.host}:{_origin(url)[2]})",
+                url=url.path,
+            )
+        return url
+
+    async def _request(
+        self,
+        call: _Call,
+        url: str | httpx.URL,
+        *,
+        params: _Query | None = None,
+        headers: dict[str, str] | None = None,
+        content: bytes | None = None,
+    ) -> httpx.Response:
+        client = self._client()
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(TemporaryFhirError),
+            stop=stop_after_attempt(self._retry.attempts),
+            wait=lambda state: _retry_wait(self._retry, state),
+            sleep=self._sleep,
+            before_sleep=lambda state: self._log_retry(call, state),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._send_once(client, call, url, params, headers, content)
+        raise AssertionError("unreachable: tenacity returns or raises")  # pragma: no cover
+
+    async def _send_once(
+        self,
+        client: httpx.AsyncClient,
+        call: _Call,
+        url: str | httpx.URL,
+        params: _Query | None,
+        headers: dict[str, str] | None,
+        content: bytes | None,
+    ) -> httpx.Response:
+        started = time.perf_counter()
+        try:
+            response = await client.request(
+                call.method, url, params=params, headers=headers, content=content
+            )
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            self._log_request(call, None, started, error=type(exc).__name__)
+            raise _transport_error(exc, call, self._source, self._path(url)) from exc
+        self._log_request(call, response.status_code, started)
+        _raise_for_status(response, call, self._source)
+        return response
+
+    def _log_request(
+        self, call: _Call, status: int | None, started: float, error: str | None = None
+    ) -> None:
+        # Deliberately no URL, query or body: search values and resources are PHI.
+        log.info(
+            "fhir_request",
+            source=self._source,
+            method=call.method,
+            resource_type=call.resource_type,
+            status=status,
+            elapsed_ms=round((time.perf_counter() - started) * 1000, 1),
+            **({"error": error} if error else {}),
+        )
+
+    def _log_retry(self, call: _Call, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "fhir_request_retrying",
+            source=self._source,
+            method=call.method,
+            resource_type=call.resource_type,
+            status=exc.status if isinstance(exc, FhirRequestError) else None,
+            attempt=state.attempt_number,
+            wait=state.upcoming_sleep,
+        )
+
+
+def _retry_wait(policy: RetryPolicy, state: RetryCallState) -> float:
+    """Seconds to sleep before the next try: the server's Retry-After, else backoff + jitter."""
+    exc = state.outcome.exception() if state.outcome else None
+    if isinstance(exc, FhirRequestError) and exc.retry_after is not None:
+        return min(exc.retry_after, policy.max_wait)
+    backoff = policy.initial_wait * 2.0 ** min(state.attempt_number - 1, 30)
+    jitter = random.uniform(0, policy.initial_wait)  # noqa: S311 - spreading load, not crypto
+    return min(backoff + jitter, policy.max_wait)
+
+
+def _raise_for_status(response: httpx.Response, call: _Call, source: str) -> None:
+    """The one place that maps an HTTP status onto the error tree; 2xx passes."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    error: type[FhirRequestError]
+    if status in _TEMPORARY_STATUSES:
+        error = TemporaryFhirError
+    elif status in _GONE_STATUSES:
+        error = ResourceNotFound
+    elif status == 412:
+        error = PreconditionFailed
+    else:
+        error = FatalFhirError
+    raise error(
+        f"{call.describe(source)}: HTTP {status}",
+        status=status,
+        outcome=_outcome_text(response),
+        retry_after=_parse_retry_after(response.headers.get("Retry-After")),
+        url=response.request.url.path,
+    )
+
+
+def _transport_error(
+    exc: httpx.HTTPError | httpx.InvalidURL, call: _Call, source: str, path: str
+) -> FhirRequestError:
+    """Translate an httpx exception; only network trouble is worth retrying."""
+    # The exception text can contain the URL (and so the query): name the class only.
+    message = f"{call.describe(source)}: {type(exc).__name__}"
+    if isinstance(exc, httpx.TransportError) and not isinstance(exc, httpx.UnsupportedProtocol):
+        return TemporaryFhirError(message, url=path)
+    return FatalFhirError(message, url=path)
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    """Read ``Retry-After`` as delay-seconds or an HTTP-date; ``None`` if absent or garbled."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _outcome_text(response: httpx.Response) -> str | None:
+    """Operator text of an OperationOutcome body: issue[0].details.text, else diagnostics."""
+    body = _loads(response.content)
+    if not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome":
+        return None
+    issues = body.get("issue")
+    if not isinstance(issues, list) or not issues or not isinstance(issues[0], dict):
+        return None
+    first = issues[0]
+    details = first.get("details")
+    for text in (
+        details.get("text") if isinstance(details, dict) else None,
+        first.get("diagnostics"),
+    ):
+        if isinstance(text, str) and text.strip():
+            return text.strip()[:_MAX_OUTCOME_CHARS]
+    return None
+
+
+def _loads(content: bytes) -> Any:
+    try:
+        return json.loads(content)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        return None
+
+
+def _malformed(response: httpx.Response, call: _Call, source: str, what: str) -> MalformedResponse:
+    return MalformedResponse(
+        f"{call.describe(source)}: HTTP {response.status_code}: {what}",
+        status=response.status_code,
+        url=response.request.url.path,
+    )
+
+
+def _json_object(response: httpx.Response, call: _Call, source: str) -> dict[str, Any]:
+    body = _loads(response.content)
+    if not isinstance(body, dict):
+        raise _malformed(response, call, source, "body is not a JSON object")
+    return body
+
+
+def _page(
+    bundle: dict[str, Any],
+    number: int,
+    seen: set[_ResourceKey],
+    response: httpx.Response,
+    call: _Call,
+    source: str,
+) -> Page:
+    """Split a searchset Bundle into matches (deduplicated through ``seen``) and includes."""
+    entries = bundle.get("entry") or []
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise _malformed(response, call, source, "Bundle.entry is not a list of objects")
+    resources: list[dict[str, Any]] = []
+    included: list[dict[str, Any]] = []
+    for entry in entries:
+        resource = entry.get("resource")
+        search = entry.get("search")
+        mode = search.get("mode") if isinstance(search, dict) else None
+        if not isinstance(resource, dict):
+            continue
+        if mode == "include":
+            included.append(resource)
+        elif mode in (None, "match"):
+            key = _resource_key(resource)
+            if key is not None and key in seen:
+                continue  # servers repeat entries across pages when data changes mid-search
+            if key is not None:
+                seen.add(key)
+            resources.append(resource)
+        # mode 'outcome' carries the server's remarks about the search, not data.
+    total = bundle.get("total")
+    valid_total = isinstance(total, int) and not isinstance(total, bool)
+    return Page(resources, included, number, total if valid_total else None)
+
+
+def _resource_key(resource: dict[str, Any]) -> _ResourceKey | None:
+    resource_type, resource_id = resource.get("resourceType"), resource.get("id")
+    if not isinstance(resource_type, str) or not isinstance(resource_id, str):
+        return None
+    meta = resource.get("meta")
+    version = meta.get("versionId") if isinstance(meta, dict) else None
+    return resource_type, resource_id, version if isinstance(version, str) else None
+
+
+def _write_result(response: httpx.Response, call: _Call, source: str) -> WriteResult:
+    """Collect id and version from body, ETag and Location (servers differ in what they send)."""
+    body = _json_object(response, call, source) if response.content.strip() else None
+    resource = body if body and body.get("resourceType") == call.resource_type else None
+    location = response.headers.get("Location") or response.headers.get("Content-Location")
+    location_id, location_version = _parse_location(location, call.resource_type)
+    body_id = resource.get("id") if resource else None
+    meta = resource.get("meta") if resource else None
+    meta_version = meta.get("versionId") if isinstance(meta, dict) else None
+    return WriteResult(
+        status=response.status_code,
+        resource=resource,
+        resource_id=_first_str(body_id, location_id, call.resource_id),
+        version_id=_first_str(
+            _parse_etag(response.headers.get("ETag")), meta_version, location_version
+        ),
+        created=response.status_code == 201,
+    )
+
+
+def _parse_etag(value: str | None) -> str | None:
+    """``W/"3"`` -> ``"3"``."""
+    if value is None:
+        return None
+    value = value.strip()
+    value = value.removeprefix("W/").strip('"')
+    return value or None
+
+
+def _parse_location(value: str | None, resource_type: str) -> tuple[str | None, str | None]:
+    """``[base]/Type/id/_history/vid`` -> ``(id, vid)``; either may be ``None``."""
+    if not value:
+        return None, None
+    try:
+        segments = [s for s in httpx.URL(value).path.split("/") if s]
+    except httpx.InvalidURL:
+        return None, None
+    version = None
+    if "_history" in segments:
+        at = len(segments) - 1 - segments[::-1].index("_history")
+        version = segments[at + 1] if at + 1 < len(segments) else None
+        segments = segments[:at]
+    if len(segments) >= 2 and segments[-2] == resource_type:
+        return segments[-1], version
+    return None, version
+
+
+def _first_str(*values: object) -> str | None:
+    return next((v for v in values if isinstance(v, str) and v), None)
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port or _DEFAULT_PORTS.get(url.scheme)
+
+
+def _check_type(value: object) -> str:
+    if not isinstance(value, str) or not _TYPE_RE.fullmatch(value):
+        raise ValueError("resourceType must be a FHIR resource type name")
+    return value
+
+
+def _check_id(value: object) -> str:
+    # An id of only dots would be a relative path segment ("..") and climb out of the type.
+    if not isinstance(value, str) or not _ID_RE.fullmatch(value) or not value.strip("."):
+        raise ValueError("resource id must match the FHIR id syntax [A-Za-z0-9-.]{1,64}")
+    return value
+
+
+def _dump(resource: dict[str, Any]) -> bytes:
+    return json.dumps(resource, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

@@ -1,0 +1,116 @@
+"""The running bridge: one object that wires the rooms together for the CLI and the API.
+
+Faces (cli.py, api/) call into this; it holds no business logic of its own beyond the
+loops that drive sync and write-back on their intervals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+from fhir_bridge.config import Settings, SourceConfig
+from fhir_bridge.fhir import FhirClient
+from fhir_bridge.logging import get_logger
+from fhir_bridge.mapping.engine import RuleSet
+from fhir_bridge.sources import client_for
+from fhir_bridge.store import Store, open_store
+from fhir_bridge.sync.engine import Progress, SourceReport, sync_source
+from fhir_bridge.sync.ingest import Clock, Ingestor, utcnow
+from fhir_bridge.tasks.service import TaskService
+from fhir_bridge.writeback.delivery import Delivery, DeliveryStats
+
+log = get_logger("runtime")
+
+
+@dataclass
+class SourceState:
+    """What the bridge knows about a source's last sync, for operators (no PHI)."""
+
+    last_run: str | None = None
+    last_ok: bool | None = None
+    last_error: str | None = None
+    runs: int = 0
+
+
+class Bridge:
+    """Settings, store, rules and services of one bridge process."""
+
+    def __init__(
+        self, settings: Settings, *, store: Store | None = None, clock: Clock = utcnow
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.rules = RuleSet.load(settings.mappings_dir)
+        self.store = store if store is not None else open_store(settings.storage.path)
+        self.ingestor = Ingestor(self.store, self.rules, clock)
+        self.tasks = TaskService(
+            self.store, clock, [s.name for s in settings.sources if s.writeback]
+        )
+        self.source_state = {s.name: SourceState() for s in settings.sources}
+
+    def close(self) -> None:
+        """Close the store."""
+        self.store.close()
+
+    async def _sync_with(
+        self, source: SourceConfig, client: FhirClient, *, full: bool, progress: Progress | None
+    ) -> SourceReport:
+        report = await sync_source(source, client, self.ingestor, full=full, progress=progress)
+        state = self.source_state[source.name]
+        state.runs += 1
+        state.last_run = self.clock().isoformat()
+        state.last_ok = report.ok
+        state.last_error = next((t.error for t in report.types if t.error), None)
+        return report
+
+    async def sync_once(
+        self, *, full: bool = False, progress: Progress | None = None, only: str | None = None
+    ) -> list[SourceReport]:
+        """One sync run of every source (or only the one named), sources in parallel."""
+        sources = [s for s in self.settings.sources if only is None or s.name == only]
+
+        async def one(source: SourceConfig) -> SourceReport:
+            async with client_for(source) as client:
+                return await self._sync_with(source, client, full=full, progress=progress)
+
+        return list(await asyncio.gather(*(one(s) for s in sources)))
+
+    async def deliver_once(self) -> DeliveryStats:
+        """One scan of the outbox."""
+        async with AsyncExitStack() as stack:
+            clients = {
+                s.name: await stack.enter_async_context(client_for(s))
+                for s in self.settings.sources
+                if s.writeback
+            }
+            return await Delivery(
+                self.store, clients, self.settings.writeback, self.clock
+            ).deliver_due()
+
+    async def run_loops(
+        self, stop: asyncio.Event, *, sync: bool = True, writeback: bool = True
+    ) -> None:
+        """Sync every source on its poll interval and deliver the outbox, until `stop` is set."""
+        async with AsyncExitStack() as stack:
+            clients = {
+                s.name: await stack.enter_async_context(client_for(s))
+                for s in self.settings.sources
+            }
+            jobs = []
+            if sync:
+                jobs += [self._poll(s, clients[s.name], stop) for s in self.settings.sources]
+            if writeback:
+                wb_clients = {s.name: clients[s.name] for s in self.settings.sources if s.writeback}
+                delivery = Delivery(self.store, wb_clients, self.settings.writeback, self.clock)
+                jobs.append(delivery.run(stop))
+            await asyncio.gather(*jobs)
+
+    async def _poll(self, source: SourceConfig, client: FhirClient, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self._sync_with(source, client, full=False, progress=None)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=source.poll_interval)
+            except TimeoutError:
+                pass

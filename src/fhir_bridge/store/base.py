@@ -1,0 +1,205 @@
+"""The storage protocol every engine implements (SQLite now, Redis next).
+
+Each method is one atomic unit: an engine must never leave half of a method's effect behind.
+`update_task` is the only read-modify-write: the engine reads the task, hands it to the
+caller's `change` function (which applies the state machine) and writes the result, its
+history event and its outbox entries together, or nothing. SQLite does this in one
+transaction; Redis will do it with WATCH/MULTI. Nothing above `store/` sees a driver error:
+engines translate them to `StoreError`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from fhir_bridge.tasks.model import (
+    OutboxEntry,
+    OutboxStatus,
+    Task,
+    TaskChange,
+    TaskDraft,
+    TaskEvent,
+    TaskStatus,
+)
+
+
+@dataclass(frozen=True)
+class StoredResource:
+    """The latest version of one resource from one source."""
+
+    source: str
+    resource_type: str
+    id: str
+    version_id: str | None
+    last_updated: str | None
+    content_hash: str
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class QuarantineEntry:
+    """A resource that failed validation, with its OperationOutcome-shaped reasons."""
+
+    source: str
+    resource_type: str
+    resource_id: str | None
+    version_id: str | None
+    issues: list[dict[str, Any]]
+    body: Any
+    at: datetime
+
+
+@dataclass(frozen=True)
+class TaskUpsert:
+    """What `upsert_task` did: created a task, refreshed it, or found nothing to change."""
+
+    task: Task
+    created: bool
+    updated: bool
+
+
+@dataclass(frozen=True)
+class TaskPage:
+    """One page of a task listing."""
+
+    items: list[Task]
+    total: int
+
+
+class Store(abc.ABC):
+    """Resources, cursors, quarantine, tasks with history, and the outbox."""
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections and files."""
+
+    @abc.abstractmethod
+    def batch(self) -> AbstractContextManager[None]:
+        """Group the writes inside for speed (one transaction or pipeline).
+
+        Each method stays atomic on its own; a batch that fails part-way may keep the
+        methods that completed before the failure.
+        """
+
+    # -- resources -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def put_resource(self, source: str, resource: dict[str, Any], content_hash: str) -> bool:
+        """Store the latest version of a resource.
+
+        :returns: False when the stored content hash is the same (nothing written).
+        """
+
+    @abc.abstractmethod
+    def get_resource(
+        self, source: str, resource_type: str, resource_id: str
+    ) -> StoredResource | None:
+        """The stored latest version, or None."""
+
+    @abc.abstractmethod
+    def resource_counts(self, source: str | None = None) -> dict[str, int]:
+        """Number of stored resources per type (all sources, or one)."""
+
+    # -- cursors ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def get_cursor(self, source: str, resource_type: str) -> str | None:
+        """The `_lastUpdated` high-water mark of the last stored page, or None."""
+
+    @abc.abstractmethod
+    def set_cursor(self, source: str, resource_type: str, value: str | None) -> None:
+        """Move the cursor (None forgets it, for a full re-pull)."""
+
+    # -- quarantine ------------------------------------------------------------------------
+    @abc.abstractmethod
+    def add_quarantine(self, entry: QuarantineEntry) -> None:
+        """Keep a failed resource with its reasons (the latest failure per resource wins)."""
+
+    @abc.abstractmethod
+    def list_quarantine(
+        self, source: str | None = None, limit: int = 100, offset: int = 0
+    ) -> tuple[list[QuarantineEntry], int]:
+        """Quarantined resources, newest first, with the total count."""
+
+    @abc.abstractmethod
+    def release_quarantine(self, source: str, resource_type: str, resource_id: str) -> None:
+        """Forget a quarantine entry (the resource now validates)."""
+
+    # -- tasks -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def upsert_task(self, draft: TaskDraft, now: datetime) -> TaskUpsert:
+        """Create the task for `draft`'s identity, or refresh it; never a duplicate."""
+
+    @abc.abstractmethod
+    def get_task(self, task_id: str) -> Task | None:
+        """One task, or None."""
+
+    @abc.abstractmethod
+    def list_tasks(
+        self,
+        *,
+        queue: str | None = None,
+        statuses: Sequence[TaskStatus] = (),
+        rule_id: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> TaskPage:
+        """Tasks ordered by priority (highest first), then due date, then id."""
+
+    @abc.abstractmethod
+    def queue_counts(self) -> dict[str, dict[str, int]]:
+        """Per queue, the number of tasks in each status."""
+
+    @abc.abstractmethod
+    def update_task(self, task_id: str, change: Callable[[Task], TaskChange]) -> Task:
+        """Atomically apply `change` to the current task; store task, event and outbox entries.
+
+        :raises TaskNotFound: no such task.
+        Exceptions raised by `change` propagate and nothing is written.
+        """
+
+    @abc.abstractmethod
+    def set_task_mirror(self, task_id: str, mirror_id: str, mirror_version: str | None) -> None:
+        """Remember the id and version of the task's FHIR Task mirror in the source."""
+
+    @abc.abstractmethod
+    def task_history(self, task_id: str) -> list[TaskEvent]:
+        """A task's events, oldest first."""
+
+    # -- outbox ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def due_outbox(self, now: datetime, limit: int = 100) -> list[OutboxEntry]:
+        """Pending entries due for delivery: only the oldest pending entry of each task,
+        so writes about the same task are delivered in order."""
+
+    @abc.abstractmethod
+    def outbox_delivered(self, entry_id: int, now: datetime) -> None:
+        """Mark an entry delivered."""
+
+    @abc.abstractmethod
+    def outbox_retry(self, entry_id: int, error: str, next_attempt_at: datetime) -> None:
+        """Record a failed attempt and when to try again."""
+
+    @abc.abstractmethod
+    def outbox_dead(self, entry_id: int, error: str) -> None:
+        """Give up on an entry (kept, with the reason, for an operator)."""
+
+    @abc.abstractmethod
+    def list_outbox(
+        self, status: OutboxStatus | None = None, task_id: str | None = None, limit: int = 100
+    ) -> list[OutboxEntry]:
+        """Outbox entries, oldest first."""
+
+    def iter_tasks(self, **filters: Any) -> Iterator[Task]:
+        """Every task matching `filters` (as `list_tasks`), page by page."""
+        offset = 0
+        while True:
+            page = self.list_tasks(**filters, limit=500, offset=offset)
+            yield from page.items
+            offset += len(page.items)
+            if not page.items or offset >= page.total:
+                return

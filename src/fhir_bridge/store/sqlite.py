@@ -1,0 +1,556 @@
+"""The embedded storage engine: one SQLite file, no set-up.
+
+One connection, shared by the API's worker threads and the sync/write-back loops behind a
+lock: SQLite serialises writers anyway, and a single connection keeps `batch()` simple. WAL
+mode lets readers of other processes (an operator's `sqlite3` shell, a backup) work while we
+write; `synchronous=NORMAL` in WAL is durable across process crashes, which is what the
+cursor/outbox invariants need.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fhir_bridge.errors import StoreError, TaskNotFound
+from fhir_bridge.store.base import QuarantineEntry, Store, StoredResource, TaskPage, TaskUpsert
+from fhir_bridge.tasks.model import (
+    OutboxEntry,
+    OutboxStatus,
+    Priority,
+    Task,
+    TaskChange,
+    TaskDraft,
+    TaskEvent,
+    TaskStatus,
+)
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS resources (
+    source TEXT NOT NULL, type TEXT NOT NULL, id TEXT NOT NULL,
+    version_id TEXT, last_updated TEXT, hash TEXT NOT NULL, body TEXT NOT NULL,
+    stored_at TEXT NOT NULL,
+    PRIMARY KEY (source, type, id)
+);
+CREATE TABLE IF NOT EXISTS cursors (
+    source TEXT NOT NULL, type TEXT NOT NULL, value TEXT NOT NULL, updated_at TEXT NOT NULL,
+    PRIMARY KEY (source, type)
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    source TEXT NOT NULL, type TEXT NOT NULL, id TEXT NOT NULL, version_id TEXT,
+    issues TEXT NOT NULL, body TEXT NOT NULL, at TEXT NOT NULL,
+    PRIMARY KEY (source, type, id)
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY, rule_id TEXT NOT NULL, source TEXT NOT NULL,
+    focus_type TEXT NOT NULL, focus_id TEXT NOT NULL, focus_version TEXT, patient TEXT,
+    queue TEXT NOT NULL, kind TEXT NOT NULL, title TEXT NOT NULL,
+    priority TEXT NOT NULL, priority_rank INTEGER NOT NULL, due TEXT,
+    status TEXT NOT NULL, assignee TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+    version INTEGER NOT NULL, mirror_id TEXT, mirror_version TEXT,
+    UNIQUE (rule_id, source, focus_type, focus_id)
+);
+CREATE INDEX IF NOT EXISTS tasks_queue ON tasks (queue, status, priority_rank DESC, due, id);
+CREATE INDEX IF NOT EXISTS tasks_rule ON tasks (rule_id, status);
+CREATE TABLE IF NOT EXISTS task_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, task_id TEXT NOT NULL, at TEXT NOT NULL,
+    actor TEXT NOT NULL, action TEXT NOT NULL, from_status TEXT, to_status TEXT,
+    detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS task_events_task ON task_events (task_id, seq);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, task_id TEXT NOT NULL, source TEXT NOT NULL,
+    action TEXT NOT NULL, payload TEXT NOT NULL, status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at TEXT NOT NULL, last_error TEXT,
+    created_at TEXT NOT NULL, delivered_at TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (status, task_id, id);
+"""
+
+_PRIORITY_RANK = {Priority.ROUTINE: 0, Priority.URGENT: 1, Priority.ASAP: 2, Priority.STAT: 3}
+_TASK_COLUMNS = (
+    "id, rule_id, source, focus_type, focus_id, focus_version, patient, queue, kind, title, "
+    "priority, due, status, assignee, created_at, updated_at, version, mirror_id, mirror_version"
+)
+_TASK_INSERT = "INSERT OR REPLACE INTO tasks ({}) VALUES ({})".format(  # noqa: S608 (constants)
+    _TASK_COLUMNS.replace("priority,", "priority, priority_rank,"), ", ".join("?" * 20)
+)
+
+
+def _ts(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat() if value else None
+
+
+def _dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _task_from_row(row: sqlite3.Row) -> Task:
+    created, updated = _dt(row["created_at"]), _dt(row["updated_at"])
+    assert created is not None and updated is not None  # noqa: S101  (NOT NULL columns)
+    return Task(
+        id=row["id"],
+        rule_id=row["rule_id"],
+        source=row["source"],
+        focus_type=row["focus_type"],
+        focus_id=row["focus_id"],
+        focus_version=row["focus_version"],
+        patient=row["patient"],
+        queue=row["queue"],
+        kind=row["kind"],
+        title=row["title"],
+        priority=Priority(row["priority"]),
+        due=_dt(row["due"]),
+        status=TaskStatus(row["status"]),
+        assignee=row["assignee"],
+        created_at=created,
+        updated_at=updated,
+        version=row["version"],
+        mirror_id=row["mirror_id"],
+        mirror_version=row["mirror_version"],
+    )
+
+
+def _task_params(task: Task) -> tuple[Any, ...]:
+    return (
+        task.id,
+        task.rule_id,
+        task.source,
+        task.focus_type,
+        task.focus_id,
+        task.focus_version,
+        task.patient,
+        task.queue,
+        task.kind,
+        task.title,
+        task.priority.value,
+        _PRIORITY_RANK[task.priority],
+        _ts(task.due),
+        task.status.value,
+        task.assignee,
+        _ts(task.created_at),
+        _ts(task.updated_at),
+        task.version,
+        task.mirror_id,
+        task.mirror_version,
+    )
+
+
+def _outbox_from_row(row: sqlite3.Row) -> OutboxEntry:
+    next_at, created = _dt(row["next_attempt_at"]), _dt(row["created_at"])
+    assert next_at is not None and created is not None  # noqa: S101  (NOT NULL columns)
+    return OutboxEntry(
+        id=row["id"],
+        task_id=row["task_id"],
+        source=row["source"],
+        action=row["action"],
+        payload=json.loads(row["payload"]),
+        status=OutboxStatus(row["status"]),
+        attempts=row["attempts"],
+        next_attempt_at=next_at,
+        last_error=row["last_error"],
+        created_at=created,
+        delivered_at=_dt(row["delivered_at"]),
+    )
+
+
+class SqliteStore(Store):
+    """Storage in one SQLite file (or `:memory:` for tests)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(
+                self.path, check_same_thread=False, isolation_level=None, timeout=30
+            )
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open SQLite store {self.path}: {exc}") from exc
+        self._lock = threading.RLock()
+        self._depth = 0
+
+    # -- plumbing ----------------------------------------------------------------------------
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One transaction (or a nested part of the enclosing one), errors as StoreError."""
+        with self._lock:
+            outer = self._depth == 0
+            if outer:
+                self._db.execute("BEGIN IMMEDIATE")
+            self._depth += 1
+            try:
+                yield self._db
+            except BaseException:
+                self._depth -= 1
+                if outer:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._depth -= 1
+            if outer:
+                try:
+                    self._db.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    self._db.execute("ROLLBACK")
+                    raise StoreError(f"SQLite commit failed: {exc}") from exc
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"SQLite read failed: {exc}") from exc
+
+    def _write(self, sql: str, params: Sequence[Any] = ()) -> None:
+        try:
+            with self._tx() as db:
+                db.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite write failed: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        try:
+            with self._tx():
+                yield
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite write failed: {exc}") from exc
+
+    # -- resources ---------------------------------------------------------------------------
+    def put_resource(self, source: str, resource: dict[str, Any], content_hash: str) -> bool:
+        rtype, rid = resource["resourceType"], resource["id"]
+        meta = resource.get("meta") or {}
+        try:
+            with self._tx() as db:
+                row = db.execute(
+                    "SELECT hash FROM resources WHERE source=? AND type=? AND id=?",
+                    (source, rtype, rid),
+                ).fetchone()
+                if row is not None and row["hash"] == content_hash:
+                    return False
+                db.execute(
+                    "INSERT OR REPLACE INTO resources VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        source,
+                        rtype,
+                        rid,
+                        meta.get("versionId"),
+                        meta.get("lastUpdated"),
+                        content_hash,
+                        json.dumps(resource, separators=(",", ":")),
+                        _now(),
+                    ),
+                )
+                return True
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite write failed: {exc}") from exc
+
+    def get_resource(
+        self, source: str, resource_type: str, resource_id: str
+    ) -> StoredResource | None:
+        rows = self._read(
+            "SELECT * FROM resources WHERE source=? AND type=? AND id=?",
+            (source, resource_type, resource_id),
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return StoredResource(
+            source=r["source"],
+            resource_type=r["type"],
+            id=r["id"],
+            version_id=r["version_id"],
+            last_updated=r["last_updated"],
+            content_hash=r["hash"],
+            body=json.loads(r["body"]),
+        )
+
+    def resource_counts(self, source: str | None = None) -> dict[str, int]:
+        if source is None:
+            rows = self._read("SELECT type, COUNT(*) AS n FROM resources GROUP BY type")
+        else:
+            rows = self._read(
+                "SELECT type, COUNT(*) AS n FROM resources WHERE source=? GROUP BY type", (source,)
+            )
+        return {r["type"]: r["n"] for r in rows}
+
+    # -- cursors -----------------------------------------------------------------------------
+    def get_cursor(self, source: str, resource_type: str) -> str | None:
+        rows = self._read(
+            "SELECT value FROM cursors WHERE source=? AND type=?", (source, resource_type)
+        )
+        return rows[0]["value"] if rows else None
+
+    def set_cursor(self, source: str, resource_type: str, value: str | None) -> None:
+        if value is None:
+            self._write("DELETE FROM cursors WHERE source=? AND type=?", (source, resource_type))
+        else:
+            self._write(
+                "INSERT OR REPLACE INTO cursors VALUES (?, ?, ?, ?)",
+                (source, resource_type, value, _now()),
+            )
+
+    # -- quarantine --------------------------------------------------------------------------
+    def add_quarantine(self, entry: QuarantineEntry) -> None:
+        # Entries without an id (unparseable) are keyed by their position in time so none is lost.
+        key = entry.resource_id or f"(no id) {_ts(entry.at)}"
+        self._write(
+            "INSERT OR REPLACE INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                entry.source,
+                entry.resource_type,
+                key,
+                entry.version_id,
+                json.dumps(entry.issues),
+                json.dumps(entry.body),
+                _ts(entry.at),
+            ),
+        )
+
+    def list_quarantine(
+        self, source: str | None = None, limit: int = 100, offset: int = 0
+    ) -> tuple[list[QuarantineEntry], int]:
+        where, params = ("WHERE source=?", [source]) if source else ("", [])
+        total = self._read(f"SELECT COUNT(*) AS n FROM quarantine {where}", params)[0]["n"]  # noqa: S608
+        rows = self._read(
+            f"SELECT * FROM quarantine {where} ORDER BY at DESC, id LIMIT ? OFFSET ?",  # noqa: S608
+            [*params, limit, offset],
+        )
+        entries = [
+            QuarantineEntry(
+                source=r["source"],
+                resource_type=r["type"],
+                resource_id=None if r["id"].startswith("(no id)") else r["id"],
+                version_id=r["version_id"],
+                issues=json.loads(r["issues"]),
+                body=json.loads(r["body"]),
+                at=datetime.fromisoformat(r["at"]),
+            )
+            for r in rows
+        ]
+        return entries, total
+
+    def release_quarantine(self, source: str, resource_type: str, resource_id: str) -> None:
+        self._write(
+            "DELETE FROM quarantine WHERE source=? AND type=? AND id=?",
+            (source, resource_type, resource_id),
+        )
+
+    # -- tasks -------------------------------------------------------------------------------
+    def _task_row(self, db: sqlite3.Connection, task_id: str) -> Task | None:
+        row = db.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id=?", (task_id,)).fetchone()  # noqa: S608
+        return _task_from_row(row) if row else None
+
+    def _save_task(self, db: sqlite3.Connection, task: Task) -> None:
+        db.execute(_TASK_INSERT, _task_params(task))
+
+    def _add_event(self, db: sqlite3.Connection, event: TaskEvent) -> None:
+        db.execute(
+            "INSERT INTO task_events (task_id, at, actor, action, from_status, to_status, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                event.task_id,
+                _ts(event.at),
+                event.actor,
+                event.action,
+                event.from_status,
+                event.to_status,
+                json.dumps(event.detail),
+            ),
+        )
+
+    def upsert_task(self, draft: TaskDraft, now: datetime) -> TaskUpsert:
+        try:
+            with self._tx() as db:
+                current = self._task_row(db, draft.id)
+                if current is None:
+                    task = Task.from_draft(draft, now)
+                    self._save_task(db, task)
+                    self._add_event(
+                        db,
+                        TaskEvent(
+                            task.id,
+                            now,
+                            "bridge",
+                            "created",
+                            None,
+                            task.status.value,
+                            {"focus_version": draft.focus_version},
+                        ),
+                    )
+                    return TaskUpsert(task, created=True, updated=False)
+                refreshed = current.refreshed(draft, now)
+                if refreshed is None:
+                    return TaskUpsert(current, created=False, updated=False)
+                self._save_task(db, refreshed)
+                self._add_event(
+                    db,
+                    TaskEvent(
+                        current.id,
+                        now,
+                        "bridge",
+                        "refreshed",
+                        None,
+                        None,
+                        {"focus_version": draft.focus_version},
+                    ),
+                )
+                return TaskUpsert(refreshed, created=False, updated=True)
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite write failed: {exc}") from exc
+
+    def get_task(self, task_id: str) -> Task | None:
+        with self._lock:
+            return self._task_row(self._db, task_id)
+
+    def list_tasks(
+        self,
+        *,
+        queue: str | None = None,
+        statuses: Sequence[TaskStatus] = (),
+        rule_id: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> TaskPage:
+        clauses, params = [], []
+        if queue is not None:
+            clauses.append("queue = ?")
+            params.append(queue)
+        if statuses:
+            clauses.append(f"status IN ({', '.join('?' * len(statuses))})")
+            params.extend(s.value for s in statuses)
+        if rule_id is not None:
+            clauses.append("rule_id = ?")
+            params.append(rule_id)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        total = self._read(f"SELECT COUNT(*) AS n FROM tasks {where}", params)[0]["n"]  # noqa: S608
+        rows = self._read(
+            f"SELECT {_TASK_COLUMNS} FROM tasks {where} "  # noqa: S608
+            "ORDER BY priority_rank DESC, due IS NULL, due, id LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        )
+        return TaskPage([_task_from_row(r) for r in rows], total)
+
+    def queue_counts(self) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {}
+        for r in self._read(
+            "SELECT queue, status, COUNT(*) AS n FROM tasks GROUP BY queue, status"
+        ):
+            counts.setdefault(r["queue"], {})[r["status"]] = r["n"]
+        return counts
+
+    def update_task(self, task_id: str, change: Callable[[Task], TaskChange]) -> Task:
+        try:
+            with self._tx() as db:
+                current = self._task_row(db, task_id)
+                if current is None:
+                    raise TaskNotFound(f"no task {task_id}")
+                result = change(current)
+                self._save_task(db, result.task)
+                self._add_event(db, result.event)
+                for draft in result.outbox:
+                    at = _ts(result.event.at)
+                    db.execute(
+                        "INSERT INTO outbox (task_id, source, action, payload, status, attempts, "
+                        "next_attempt_at, created_at) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?)",
+                        (
+                            draft.task_id,
+                            draft.source,
+                            draft.action,
+                            json.dumps(draft.payload),
+                            at,
+                            at,
+                        ),
+                    )
+                return result.task
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite write failed: {exc}") from exc
+
+    def set_task_mirror(self, task_id: str, mirror_id: str, mirror_version: str | None) -> None:
+        self._write(
+            "UPDATE tasks SET mirror_id=?, mirror_version=? WHERE id=?",
+            (mirror_id, mirror_version, task_id),
+        )
+
+    def task_history(self, task_id: str) -> list[TaskEvent]:
+        rows = self._read("SELECT * FROM task_events WHERE task_id=? ORDER BY seq", (task_id,))
+        return [
+            TaskEvent(
+                task_id=r["task_id"],
+                at=datetime.fromisoformat(r["at"]),
+                actor=r["actor"],
+                action=r["action"],
+                from_status=r["from_status"],
+                to_status=r["to_status"],
+                detail=json.loads(r["detail"]),
+            )
+            for r in rows
+        ]
+
+    # -- outbox ------------------------------------------------------------------------------
+    def due_outbox(self, now: datetime, limit: int = 100) -> list[OutboxEntry]:
+        rows = self._read(
+            "SELECT o.* FROM outbox o JOIN (SELECT task_id, MIN(id) AS first_id FROM outbox "
+            "WHERE status='pending' GROUP BY task_id) f ON o.id = f.first_id "
+            "WHERE o.next_attempt_at <= ? ORDER BY o.id LIMIT ?",
+            (_ts(now), limit),
+        )
+        return [_outbox_from_row(r) for r in rows]
+
+    def outbox_delivered(self, entry_id: int, now: datetime) -> None:
+        self._write(
+            "UPDATE outbox SET status='delivered', attempts=attempts+1, delivered_at=?, "
+            "last_error=NULL WHERE id=?",
+            (_ts(now), entry_id),
+        )
+
+    def outbox_retry(self, entry_id: int, error: str, next_attempt_at: datetime) -> None:
+        self._write(
+            "UPDATE outbox SET attempts=attempts+1, last_error=?, next_attempt_at=? WHERE id=?",
+            (error, _ts(next_attempt_at), entry_id),
+        )
+
+    def outbox_dead(self, entry_id: int, error: str) -> None:
+        self._write(
+            "UPDATE outbox SET status='dead', attempts=attempts+1, last_error=? WHERE id=?",
+            (error, entry_id),
+        )
+
+    def list_outbox(
+        self, status: OutboxStatus | None = None, task_id: str | None = None, limit: int = 100
+    ) -> list[OutboxEntry]:
+        clauses, params = [], []
+        if status is not None:
+            clauses.append("status = ?")
+            params.append(status.value)
+        if task_id is not None:
+            clauses.append("task_id = ?")
+            params.append(task_id)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._read(f"SELECT * FROM outbox {where} ORDER BY id LIMIT ?", [*params, limit])  # noqa: S608
+        return [_outbox_from_row(r) for r in rows]

@@ -1,0 +1,144 @@
+"""Queue operations a coordinator performs: claim, change status, release.
+
+Each operation is one `Store.update_task` call: the state machine runs inside the store's
+transaction, and the FHIR Task mirror write is queued in the outbox in that same
+transaction, so a change is never applied without its write-back, nor the reverse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from fhir_bridge.errors import TaskConflict
+from fhir_bridge.store.base import Store
+from fhir_bridge.tasks.model import (
+    MIRROR_ACTION,
+    OutboxDraft,
+    Task,
+    TaskChange,
+    TaskEvent,
+    TaskStatus,
+    check_transition,
+)
+
+Clock = Callable[[], datetime]
+
+
+def snapshot(task: Task) -> dict[str, Any]:
+    """The part of a task the mirror shows, as stored in an outbox payload (JSON-safe)."""
+    return {
+        "id": task.id,
+        "status": task.status.value,
+        "kind": task.kind,
+        "title": task.title,
+        "priority": task.priority.value,
+        "focus": task.focus,
+        "patient": task.patient,
+        "assignee": task.assignee,
+        "created_at": task.created_at.isoformat(),
+        "updated_at": task.updated_at.isoformat(),
+        "due": task.due.isoformat() if task.due else None,
+        "note": None,
+    }
+
+
+class TaskService:
+    """Coordinator actions on tasks, with history and write-back.
+
+    :param writeback_sources: names of the sources that accept write-back; changes to tasks
+        of other sources are kept locally only.
+    """
+
+    def __init__(self, store: Store, clock: Clock, writeback_sources: Collection[str]) -> None:
+        self.store = store
+        self.clock = clock
+        self.writeback_sources = frozenset(writeback_sources)
+
+    def _change(
+        self,
+        task: Task,
+        *,
+        actor: str,
+        action: str,
+        note: str | None,
+        expected_version: int | None,
+        **changes: Any,
+    ) -> TaskChange:
+        if expected_version is not None and task.version != expected_version:
+            raise TaskConflict(
+                f"task {task.id} is at version {task.version}, not {expected_version}: "
+                "it changed since you read it"
+            )
+        now = self.clock()
+        new = replace(task, **changes, updated_at=now, version=task.version + 1)
+        event = TaskEvent(
+            task.id,
+            now,
+            actor,
+            action,
+            task.status.value,
+            new.status.value,
+            {"note": note} if note else {},
+        )
+        outbox: tuple[OutboxDraft, ...] = ()
+        if task.source in self.writeback_sources:
+            payload = snapshot(new) | {"note": note}
+            outbox = (OutboxDraft(task.id, task.source, MIRROR_ACTION, payload),)
+        return TaskChange(new, event, outbox)
+
+    def claim(self, task_id: str, coordinator: str, expected_version: int | None = None) -> Task:
+        """Take an open task: it becomes in-progress and assigned to `coordinator`.
+
+        :raises TaskConflict: another coordinator holds it.
+        :raises IllegalTransition: the task is completed or cancelled.
+        """
+
+        def change(task: Task) -> TaskChange:
+            if task.status is TaskStatus.IN_PROGRESS:
+                if task.assignee == coordinator:
+                    raise TaskConflict(f"task {task.id} is already claimed by you")
+                raise TaskConflict(f"task {task.id} is already claimed by another coordinator")
+            check_transition(task.status, TaskStatus.IN_PROGRESS)
+            return self._change(
+                task,
+                actor=coordinator,
+                action="claim",
+                note=None,
+                expected_version=expected_version,
+                status=TaskStatus.IN_PROGRESS,
+                assignee=coordinator,
+            )
+
+        return self.store.update_task(task_id, change)
+
+    def change_status(
+        self,
+        task_id: str,
+        status: TaskStatus,
+        coordinator: str,
+        *,
+        note: str | None = None,
+        expected_version: int | None = None,
+    ) -> Task:
+        """Move a task to `status` (moving back to open releases it).
+
+        :raises IllegalTransition: the state machine forbids it (the error lists what is allowed).
+        """
+
+        def change(task: Task) -> TaskChange:
+            check_transition(task.status, status)
+            assignee = None if status is TaskStatus.OPEN else (task.assignee or coordinator)
+            return self._change(
+                task,
+                actor=coordinator,
+                action="status",
+                note=note,
+                expected_version=expected_version,
+                status=status,
+                assignee=assignee,
+            )
+
+        return self.store.update_task(task_id, change)

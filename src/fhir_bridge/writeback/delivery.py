@@ -1,0 +1,177 @@
+"""Deliver outbox entries to the FHIR servers: retry what may pass later, park what never will.
+
+Entries of one task go out in order (the store hands out only the oldest pending entry of
+each task); entries of different tasks go out concurrently, a few at a time. A 412 on the
+mirror Task means someone else (the EHR, a clinician) changed it since we last wrote: we
+re-read it, lay our fields over theirs and try once more on the new version, never
+overwriting blindly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from fhir_bridge.config import WritebackConfig
+from fhir_bridge.errors import (
+    FatalFhirError,
+    FhirBridgeError,
+    PreconditionFailed,
+    ResourceNotFound,
+    TemporaryFhirError,
+)
+from fhir_bridge.fhir import FhirClient, WriteResult
+from fhir_bridge.logging import get_logger
+from fhir_bridge.store.base import Store
+from fhir_bridge.sync.ingest import Clock, utcnow
+from fhir_bridge.tasks.model import MIRROR_ACTION, OutboxEntry, Task
+from fhir_bridge.writeback.task_mirror import build_task, identifier_query
+
+log = get_logger("writeback")
+
+_CONCURRENCY = 4
+
+
+@dataclass
+class DeliveryStats:
+    """What one scan of the outbox did."""
+
+    delivered: int = 0
+    retried: int = 0
+    dead: int = 0
+
+
+def _version(resource: dict[str, Any] | None) -> str | None:
+    meta = (resource or {}).get("meta") or {}
+    value = meta.get("versionId")
+    return str(value) if value is not None else None
+
+
+class Delivery:
+    """Sends pending outbox entries to their sources."""
+
+    def __init__(
+        self,
+        store: Store,
+        clients: Mapping[str, FhirClient],
+        settings: WritebackConfig,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.store = store
+        self.clients = clients
+        self.settings = settings
+        self.clock = clock
+
+    async def deliver_due(self) -> DeliveryStats:
+        """Deliver every entry that is due now; return what happened."""
+        entries = await asyncio.to_thread(self.store.due_outbox, self.clock())
+        stats = DeliveryStats()
+        gate = asyncio.Semaphore(_CONCURRENCY)
+
+        async def one(entry: OutboxEntry) -> None:
+            async with gate:
+                await self._deliver(entry, stats)
+
+        await asyncio.gather(*(one(e) for e in entries))
+        return stats
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Scan the outbox every `interval` seconds until `stop` is set."""
+        while not stop.is_set():
+            try:
+                await self.deliver_due()
+            except FhirBridgeError as exc:
+                log.error("outbox_scan_failed", error=type(exc).__name__, message=str(exc))
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=self.settings.interval)
+            except TimeoutError:
+                pass
+
+    async def _deliver(self, entry: OutboxEntry, stats: DeliveryStats) -> None:
+        started = time.perf_counter()
+        outcome = "delivered"
+        try:
+            await self._send(entry)
+            await asyncio.to_thread(self.store.outbox_delivered, entry.id, self.clock())
+            stats.delivered += 1
+        except TemporaryFhirError as exc:
+            if entry.attempts + 1 >= self.settings.max_attempts:
+                outcome = "dead"
+                await asyncio.to_thread(
+                    self.store.outbox_dead, entry.id, f"retry budget spent: {exc}"
+                )
+                stats.dead += 1
+            else:
+                outcome = "retry"
+                wait = min(self.settings.max_backoff, 2.0 ** (entry.attempts + 1))
+                next_at = self.clock() + timedelta(seconds=wait)
+                await asyncio.to_thread(self.store.outbox_retry, entry.id, str(exc), next_at)
+                stats.retried += 1
+        except (FatalFhirError, _Undeliverable) as exc:
+            outcome = "dead"
+            await asyncio.to_thread(self.store.outbox_dead, entry.id, str(exc))
+            stats.dead += 1
+        log.info(
+            "outbox_delivery",
+            entry_id=entry.id,
+            task_id=entry.task_id,
+            source=entry.source,
+            action=entry.action,
+            attempt=entry.attempts + 1,
+            outcome=outcome,
+            elapsed_ms=round((time.perf_counter() - started) * 1000),
+        )
+
+    async def _send(self, entry: OutboxEntry) -> None:
+        if entry.action != MIRROR_ACTION:
+            raise _Undeliverable(f"unknown outbox action {entry.action!r}")
+        client = self.clients.get(entry.source)
+        if client is None:
+            raise _Undeliverable(f"source {entry.source!r} is not configured for write-back")
+        task = await asyncio.to_thread(self.store.get_task, entry.task_id)
+        if task is None:
+            raise _Undeliverable(f"task {entry.task_id} no longer exists")
+        result = await self._mirror(client, task, entry.payload)
+        if result.resource_id:
+            await asyncio.to_thread(
+                self.store.set_task_mirror, task.id, result.resource_id, result.version_id
+            )
+
+    async def _mirror(self, client: FhirClient, task: Task, snap: dict[str, Any]) -> WriteResult:
+        system = self.settings.identifier_system
+        if task.mirror_id:
+            body = build_task(snap, system) | {"id": task.mirror_id}
+            try:
+                return await client.update(body, if_match=task.mirror_version)
+            except PreconditionFailed:
+                theirs = await client.read("Task", task.mirror_id)
+                return await self._update_over(client, theirs, snap)
+            except ResourceNotFound:
+                pass  # the mirror was deleted on the server: make it again below
+        created = await client.create(
+            build_task(snap, system), if_none_exist=identifier_query(system, task.id)
+        )
+        if created.created:
+            return created
+        # It already existed (an earlier attempt got through before we could record it).
+        current: dict[str, Any] | None = created.resource
+        if current is None or current.get("resourceType") != "Task":
+            if not created.resource_id:
+                raise _Undeliverable("server matched an existing Task but did not say which")
+            current = await client.read("Task", created.resource_id)
+        return await self._update_over(client, current, snap)
+
+    async def _update_over(
+        self, client: FhirClient, current: dict[str, Any], snap: dict[str, Any]
+    ) -> WriteResult:
+        body = build_task(snap, self.settings.identifier_system, existing=current)
+        body["id"] = current["id"]
+        return await client.update(body, if_match=_version(current))
+
+
+class _Undeliverable(FhirBridgeError):
+    """An entry that can never be delivered as it stands (bad action, unknown source)."""

@@ -15,11 +15,12 @@ that or starting the server fails, the requesting test errors with the reason: n
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from fhir_bridge.sandbox import Sekmet, seed_sample
+from fhir_bridge.sandbox import Sekmet, ensure_installed, seed_sample
 
 SekmetFactory = Callable[..., Sekmet]
 
@@ -28,16 +29,26 @@ SekmetFactory = Callable[..., Sekmet]
 def sekmet_factory() -> Iterator[SekmetFactory]:
     """Start extra SEKMET servers on demand; all of them are stopped when the session ends."""
     servers: list[Sekmet] = []
+    install_errors: dict[Path, str] = {}  # venv -> why installing failed (tried once per session)
 
     def start(**kwargs: Any) -> Sekmet:
         server = Sekmet(**kwargs)
-        servers.append(server)
-        try:
-            server.start()
-        except Exception as exc:
-            server.stop()
+        problem = install_errors.get(server.venv)
+        if problem is None:
+            try:
+                ensure_installed(server.venv)
+            except Exception as exc:
+                problem = install_errors[server.venv] = f"installing it failed: {exc}"
+        if problem is None:
+            servers.append(server)
+            try:
+                server.start()
+            except Exception as exc:
+                server.stop()
+                problem = f"starting it failed: {exc}"
+        if problem is not None:
             pytest.fail(
-                f"SEKMET FHIR server could not be installed or started (venv {server.venv}): {exc}",
+                f"SEKMET FHIR server (venv {server.venv}) is not available: {problem}",
                 pytrace=False,
             )
         return server
@@ -64,8 +75,11 @@ def seeded_server(factory: SekmetFactory, **kwargs: Any) -> str:
     data into it and return its base URL."""
     server = factory(**kwargs)
     token = server.token if server.auth == "bearer" else None
+    problem = None
     try:
         seed_sample(server.base_url, token=token)
     except Exception as exc:
-        pytest.fail(f"seeding the sample data into {server.base_url} failed: {exc}", pytrace=False)
+        problem = f"seeding the sample data into {server.base_url} failed: {exc}"
+    if problem is not None:
+        pytest.fail(problem, pytrace=False)
     return server.base_url

@@ -22,11 +22,7 @@ from fhir_bridge.sandbox import (
     seed,
 )
 from fhir_bridge.sandbox.sekmet import _deep_merge
-
-try:
-    from tests.sandbox_fixtures import seeded_server
-except ModuleNotFoundError:  # tests/ is no package: pytest put tests/ itself on sys.path
-    from sandbox_fixtures import seeded_server  # type: ignore[no-redef]
+from tests.sandbox_fixtures import seeded_server
 
 # The packaged sample as documented in src/fhir_bridge/sandbox/data/synthea/README.md.
 DOCUMENTED_COUNTS = {
@@ -260,6 +256,14 @@ def test_stop_terminates_and_is_idempotent(tmp_path):
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{base}/metadata", timeout=2)
     assert (tmp_path / "run" / "server.log").is_file()
+
+
+@pytest.mark.integration
+def test_port_in_use_is_refused(sekmet_factory):
+    """Starting on a port another server already holds fails instead of reusing that server."""
+    busy = sekmet_factory().port
+    with pytest.raises(RuntimeError, match="already in use"):
+        Sekmet(port=busy).start()
 
 
 @pytest.mark.integration

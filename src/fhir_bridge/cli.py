@@ -7,6 +7,7 @@ non-zero exit. The work happens in `runtime.Bridge`.
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -103,6 +104,7 @@ def _print_reports(reports: list[SourceReport]) -> bool:
                 f"{r.tasks_created} tasks created, {r.tasks_updated} updated "
                 f"({t.seconds:.2f} s) {status}",
                 highlight=False,
+                soft_wrap=True,
             )
             ok = ok and t.error is None
     return ok
@@ -187,7 +189,7 @@ def demo(
     ] = None,
 ) -> None:
     """Start a sandbox EHR (SEKMET) with the sample population, sync it, serve the API."""
-    from fhir_bridge.sandbox import Sekmet, load_ndjson, sample_data_dir, seed
+    from fhir_bridge.sandbox import Sekmet, seed_sample
 
     config = _State.config or Path("config/demo.yaml")
     base = load_settings(config)
@@ -195,8 +197,7 @@ def demo(
     err.print("Starting the sandbox EHR (SEKMET; the first run installs it, about 20 s)...")
     with Sekmet() as ehr:
         url = ehr.start()
-        files = sorted(sample_data_dir().glob("*.ndjson"))
-        count = seed(url, load_ndjson(files))
+        count = seed_sample(url)
         err.print(f"Sandbox EHR at {url} holds {count} sample resources.")
         source = base.sources[0].model_copy(update={"base_url": url})
         settings = base.model_copy(update={"sources": (source, *base.sources[1:])})
@@ -213,14 +214,24 @@ def demo(
                 f"\nfhir_bridge is running. Open http://{api.host}:{api.port}/queues "
                 f"(API docs: http://{api.host}:{api.port}/docs). Ctrl-C stops it.",
                 highlight=False,
+                soft_wrap=True,
             )
             asyncio.run(_until_interrupted(bridge, serve=True, sync=True, writeback=True))
         finally:
             bridge.close()
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signum)
+
+
 def main() -> None:
-    """Entry point of the console script: errors become one line and exit status 2."""
+    """Entry point of the console script: errors become one line and exit status 2.
+
+    SIGTERM is treated like Ctrl-C so `finally` blocks run (the demo stops its sandbox EHR,
+    the store is closed) when a service manager or `timeout` stops us.
+    """
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         app()
     except FhirBridgeError as exc:

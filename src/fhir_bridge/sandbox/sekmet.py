@@ -11,6 +11,7 @@ group::
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import fcntl
@@ -158,6 +159,15 @@ def free_port() -> int:
         return port
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+        return True
+
+
 def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     """Merge ``extra`` into a copy of ``base``; nested mappings merge, everything else replaces."""
     out = copy.deepcopy(base)
@@ -278,6 +288,9 @@ class Sekmet:
         """
         if self.running:
             return self.base_url
+        if self._requested_port is not None and not _port_free(self._requested_port):
+            # else GET /metadata could reach whatever already listens there
+            raise RuntimeError(f"port {self._requested_port} on {HOST} is already in use")
         exe = ensure_installed(self.venv)
         if self.run_dir is None:
             self.run_dir = Path(tempfile.mkdtemp(prefix="sekmet-"))
@@ -337,6 +350,7 @@ class Sekmet:
                 try:
                     if client.get(f"{url}/metadata").status_code == 200:
                         self._base_url = url
+                        atexit.register(self.stop)  # no orphaned server if the caller forgets
                         return url
                 except httpx.HTTPError:
                     pass
@@ -379,7 +393,12 @@ class Sekmet:
             self._log = None
 
     def stop(self) -> None:
-        """Terminate the server (SIGTERM, SIGKILL after a grace period). Safe to call repeatedly."""
+        """Terminate the server (SIGTERM, SIGKILL after a grace period). Safe to call repeatedly.
+
+        Also runs at interpreter exit for a server that is still running (not on SIGKILL, nor on
+        SIGTERM unless the program turns SIGTERM into a normal exit).
+        """
+        atexit.unregister(self.stop)
         self._terminate()
         self._base_url = None
         if self._own_run_dir and self.run_dir is not None:

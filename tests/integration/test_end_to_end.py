@@ -1,0 +1,133 @@
+"""End to end on a real SEKMET: sync, validate, store, rules, queues, API, write-back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fhir_bridge.api import create_app
+from fhir_bridge.config import Settings, SourceConfig, StorageConfig, WritebackConfig
+from fhir_bridge.runtime import Bridge
+from fhir_bridge.sandbox import sample_data_dir
+from tests.sandbox_fixtures import seeded_server
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+SYSTEM = "urn:fhir-bridge:task"
+
+
+def _sample(resource_type: str) -> list[dict]:
+    path = sample_data_dir() / f"{resource_type}.ndjson"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def expected_tasks_per_rule() -> dict[str, int]:
+    """Tasks each default rule must make, computed from the data without the rule engine."""
+    appointments = _sample("Appointment")
+    requests = _sample("CoverageEligibilityRequest")
+    statements = _sample("MedicationStatement")
+    active_cer = [r for r in requests if r["status"] == "active"]
+    return {
+        "no-show-outreach": sum(a["status"] == "noshow" for a in appointments),
+        "verify-eligibility": sum(
+            bool({"validation", "benefits"} & set(r.get("purpose", []))) for r in active_cer
+        ),
+        "prior-authorization": sum("auth-requirements" in r.get("purpose", []) for r in active_cer),
+        "medication-reconciliation": sum(s["status"] == "active" for s in statements),
+    }
+
+
+def make_bridge(url: str, tmp_path: Path, **source: object) -> Bridge:
+    """A bridge on a fresh SQLite file, syncing the SEKMET at `url`."""
+    settings = Settings(
+        sources=(SourceConfig(name="sekmet", base_url=url, page_size=50, **source),),
+        storage=StorageConfig(path=tmp_path / "bridge.db"),
+        writeback=WritebackConfig(interval=0.1),
+        mappings_dir=ROOT / "mappings",
+    )
+    return Bridge(settings)
+
+
+@pytest.fixture(scope="module")
+def seeded_url(sekmet_factory) -> str:
+    """A SEKMET holding the packaged sample population, shared by this module's tests."""
+    return seeded_server(sekmet_factory)
+
+
+async def test_sync_makes_exactly_the_expected_tasks_and_resync_adds_none(seeded_url, tmp_path):
+    """One sync makes the independently computed number of tasks per rule; a second makes none."""
+    expected = expected_tasks_per_rule()
+    assert all(n > 0 for n in expected.values()), expected
+    bridge = make_bridge(seeded_url, tmp_path)
+    try:
+        [report] = await bridge.sync_once()
+        assert report.ok, [t.error for t in report.types]
+        actual = {rule: bridge.store.list_tasks(rule_id=rule).total for rule in expected}
+        assert actual == expected
+        assert report.totals.tasks_created == sum(expected.values())
+        counts = bridge.store.resource_counts("sekmet")
+        for rtype in ("Patient", "Appointment", "MedicationStatement"):
+            assert counts[rtype] == len(_sample(rtype))
+        assert all(t.cursor for t in report.types), "every type must have a cursor after a sync"
+
+        [again] = await bridge.sync_once()
+        assert again.ok
+        assert again.totals.tasks_created == 0
+        assert again.totals.stored == 0
+        assert {rule: bridge.store.list_tasks(rule_id=rule).total for rule in expected} == expected
+    finally:
+        bridge.close()
+
+
+async def test_completing_a_task_in_the_api_writes_a_completed_fhir_task(seeded_url, tmp_path):
+    """Claim + complete through the API, deliver the outbox: SEKMET holds a completed Task."""
+    bridge = make_bridge(seeded_url, tmp_path)
+    try:
+        await bridge.sync_once()
+        app = create_app(bridge)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://bridge"
+        ) as api:
+            queues = (await api.get("/queues")).json()
+            scheduling = next(q for q in queues if q["queue"] == "scheduling")
+            assert scheduling["counts"]["open"] == expected_tasks_per_rule()["no-show-outreach"]
+            listing = (await api.get("/queues/scheduling/tasks", params={"status": "open"})).json()
+            task = listing["items"][0]
+            claimed = await api.post(f"/tasks/{task['id']}/claim", json={"coordinator": "alice"})
+            assert claimed.status_code == 200, claimed.text
+            assert claimed.json()["status"] == "in-progress"
+            done = await api.post(
+                f"/tasks/{task['id']}/status",
+                json={"coordinator": "alice", "status": "completed", "note": "left a voicemail"},
+            )
+            assert done.status_code == 200, done.text
+
+            stats = await bridge.deliver_once()
+            assert stats.delivered == 1  # the claim's write goes first (ordering per task)
+            stats = await bridge.deliver_once()
+            assert stats.delivered == 1
+            assert (await bridge.deliver_once()).delivered == 0
+
+            detail = (await api.get(f"/tasks/{task['id']}")).json()
+            assert [w["status"] for w in detail["writeback"]] == ["delivered", "delivered"]
+            assert detail["task"]["mirror"].startswith("Task/")
+
+        async with httpx.AsyncClient(base_url=seeded_url) as fhir:
+            found = (
+                await fhir.get("/Task", params={"identifier": f"{SYSTEM}|{task['id']}"})
+            ).json()
+            entries = found.get("entry", [])
+            assert len(entries) == 1, "exactly one mirror Task, even after two writes"
+            mirror = entries[0]["resource"]
+            assert mirror["status"] == "completed"
+            assert mirror["focus"]["reference"] == task["focus"]
+            assert mirror["for"]["reference"] == task["patient"]
+            assert mirror["owner"]["identifier"]["value"] == "alice"
+            assert mirror["code"]["coding"][0]["code"] == "no-show-outreach"
+            assert detail["task"]["mirror"] == f"Task/{mirror['id']}"
+    finally:
+        bridge.close()

@@ -83,5 +83,7 @@ def validate_resource(resource: Any, expected_type: str | None = None) -> list[I
     except ValidationError as exc:
         for err in exc.errors(include_input=False, include_url=False):
             code = _CODE_BY_PYDANTIC_TYPE.get(err["type"], "value")
+            if "is required" in err["msg"]:  # fhir.resources' own check for 1..1 elements
+                code = "required"
             issues.append(_issue(code, _expression(rtype, tuple(err["loc"])), err["msg"]))
     return issues

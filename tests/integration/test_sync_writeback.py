@@ -1,0 +1,213 @@
+"""Incremental sync, quarantine and write-back edge cases against real SEKMET servers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fhir_bridge.config import Settings, SourceConfig, StorageConfig
+from fhir_bridge.runtime import Bridge
+from fhir_bridge.sandbox import free_port, sample_data_dir
+from fhir_bridge.tasks.model import TaskStatus
+from tests.integration.test_end_to_end import SYSTEM, expected_tasks_per_rule, make_bridge
+from tests.sandbox_fixtures import seeded_server
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+BAD_BIRTH_DATE = "1970-02-30"
+
+
+def _first(resource_type: str, **match: str) -> dict:
+    for line in (sample_data_dir() / f"{resource_type}.ndjson").read_text().splitlines():
+        resource = json.loads(line)
+        if all(resource.get(k) == v for k, v in match.items()):
+            return resource
+    raise AssertionError(f"no {resource_type} with {match}")
+
+
+def _put(url: str, resource: dict) -> dict:
+    resp = httpx.put(f"{url}/{resource['resourceType']}/{resource['id']}", json=resource)
+    assert resp.status_code in (200, 201), resp.text
+    return resp.json()
+
+
+async def test_invalid_resources_are_quarantined_and_the_page_proceeds(sekmet_factory, tmp_path):
+    """A Patient with an impossible birth date and an Appointment without status are quarantined
+    with their reasons; every other resource is stored and the task counts are unaffected."""
+    url = seeded_server(sekmet_factory, extra_settings={"validation": {"inbound": "warn"}})
+    patient = _first("Patient") | {"id": "broken-patient", "birthDate": BAD_BIRTH_DATE}
+    appointment = {k: v for k, v in _first("Appointment").items() if k != "status"}
+    appointment["id"] = "broken-appointment"
+    _put(url, patient)
+    _put(url, appointment)
+
+    bridge = make_bridge(url, tmp_path)
+    try:
+        [report] = await bridge.sync_once()
+        assert report.ok
+        assert report.totals.quarantined == 2
+        entries, total = bridge.store.list_quarantine("sekmet")
+        assert total == 2
+        by_id = {e.resource_id: e for e in entries}
+        assert by_id["broken-patient"].issues[0]["expression"] == "Patient.birthDate"
+        assert by_id["broken-appointment"].issues[0]["expression"] == "Appointment.status"
+        assert by_id["broken-appointment"].issues[0]["code"] == "required"
+        assert bridge.store.get_resource("sekmet", "Patient", "broken-patient") is None
+        counts = bridge.store.resource_counts("sekmet")
+        sample_patients = len((sample_data_dir() / "Patient.ndjson").read_text().splitlines())
+        assert counts["Patient"] == sample_patients
+        expected = expected_tasks_per_rule()
+        assert {r: bridge.store.list_tasks(rule_id=r).total for r in expected} == expected
+
+        from fhir_bridge.api import create_app
+
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(bridge)), base_url="http://b"
+        ) as api:
+            body = (await api.get("/quarantine")).json()
+        assert body["total"] == 2
+        assert BAD_BIRTH_DATE not in json.dumps(body), "reasons must not echo the value"
+        assert {i["resource_id"] for i in body["items"]} == {"broken-patient", "broken-appointment"}
+    finally:
+        bridge.close()
+
+
+async def test_incremental_sync_picks_up_changes_and_new_resources(sekmet_factory, tmp_path):
+    """After a sync, a changed statement refreshes its task and a new no-show makes one task;
+    the second run asks only for what changed since the cursor."""
+    url = seeded_server(sekmet_factory)
+    bridge = make_bridge(url, tmp_path, overlap=0)
+    try:
+        [first] = await bridge.sync_once()
+        statement = _first("MedicationStatement", status="active")
+        changed = json.loads(json.dumps(statement))
+        changed["medicationCodeableConcept"]["coding"][0]["display"] = "Renamed Drug 5 MG"
+        _put(url, changed)
+        noshow = _first("Appointment", status="noshow") | {"id": "new-noshow"}
+        _put(url, noshow)
+
+        [second] = await bridge.sync_once()
+        assert second.ok
+        # `ge cursor` re-reads the resources sharing the cursor's millisecond (a few per type).
+        assert second.totals.received < 20, "only what changed since the cursor is pulled"
+        assert second.totals.stored == 2
+        assert second.totals.tasks_created == 1
+        assert second.totals.tasks_updated == 1
+        from fhir_bridge.tasks.model import task_id
+
+        refreshed = bridge.store.get_task(
+            task_id("medication-reconciliation", "sekmet", "MedicationStatement", statement["id"])
+        )
+        assert refreshed is not None
+        assert refreshed.title == "Reconcile medication: Renamed Drug 5 MG"
+        assert refreshed.focus_version == "2"
+        total = bridge.store.list_tasks(rule_id="no-show-outreach").total
+        assert total == expected_tasks_per_rule()["no-show-outreach"] + 1
+        five = bridge.settings.sources[0].resource_types
+        lines = sum(len((sample_data_dir() / f"{t}.ndjson").read_text().splitlines()) for t in five)
+        assert first.totals.received == lines
+    finally:
+        bridge.close()
+
+
+async def test_mirror_update_after_ehr_edit_keeps_their_fields(sekmet_factory, tmp_path):
+    """When the EHR edits the mirror Task between our writes, we get a 412, re-read, and our
+    next write keeps their note while setting our status."""
+    url = seeded_server(sekmet_factory)
+    bridge = make_bridge(url, tmp_path)
+    try:
+        await bridge.sync_once()
+        task = bridge.store.list_tasks(rule_id="verify-eligibility", limit=1).items[0]
+        bridge.tasks.claim(task.id, "alice")
+        assert (await bridge.deliver_once()).delivered == 1
+        mirrored = bridge.store.get_task(task.id)
+        assert mirrored is not None and mirrored.mirror_id and mirrored.mirror_version == "1"
+
+        theirs = httpx.get(f"{url}/Task/{mirrored.mirror_id}").json()
+        theirs["note"] = [{"text": "clinician: patient called back"}]
+        _put(url, theirs)  # now at version 2; we still hold version 1
+
+        bridge.tasks.change_status(task.id, TaskStatus.COMPLETED, "alice")
+        assert (await bridge.deliver_once()).delivered == 1
+        final = httpx.get(f"{url}/Task/{mirrored.mirror_id}").json()
+        assert final["status"] == "completed"
+        assert {"text": "clinician: patient called back"} in final["note"]
+        assert final["meta"]["versionId"] == "3"
+        assert bridge.store.get_task(task.id).mirror_version == "3"
+    finally:
+        bridge.close()
+
+
+async def test_lost_bookkeeping_does_not_make_a_second_mirror(sekmet_factory, tmp_path):
+    """If the mirror was created but we never recorded it (crash after the server's 201), the
+    retry's conditional create finds it and updates it: still exactly one Task."""
+    url = seeded_server(sekmet_factory)
+    bridge = make_bridge(url, tmp_path)
+    try:
+        await bridge.sync_once()
+        task = bridge.store.list_tasks(rule_id="prior-authorization", limit=1).items[0]
+        bridge.tasks.claim(task.id, "bob")
+        await bridge.deliver_once()
+        # Forget the mirror, as if the process died before recording the server's answer.
+        bridge.store._write(
+            "UPDATE tasks SET mirror_id=NULL, mirror_version=NULL WHERE id=?", (task.id,)
+        )
+        bridge.tasks.change_status(task.id, TaskStatus.CANCELLED, "bob", note="not needed")
+        assert (await bridge.deliver_once()).delivered == 1
+        found = httpx.get(f"{url}/Task", params={"identifier": f"{SYSTEM}|{task.id}"}).json()
+        assert len(found["entry"]) == 1
+        assert found["entry"][0]["resource"]["status"] == "cancelled"
+        assert bridge.store.get_task(task.id).mirror_id == found["entry"][0]["resource"]["id"]
+    finally:
+        bridge.close()
+
+
+async def test_a_failing_source_is_reported_and_the_others_sync(sekmet_factory, tmp_path):
+    """A source nobody listens on is retried, then reported per type; the healthy one syncs."""
+    url = seeded_server(sekmet_factory)
+    dead = f"http://127.0.0.1:{free_port()}/fhir"
+    settings = Settings(
+        sources=(
+            SourceConfig(name="good", base_url=url),
+            SourceConfig(name="down", base_url=dead, retry_attempts=2, retry_max_wait=0.05),
+        ),
+        storage=StorageConfig(path=tmp_path / "b.db"),
+        mappings_dir=ROOT / "mappings",
+    )
+    bridge = Bridge(settings)
+    try:
+        good, down = await bridge.sync_once()
+        assert good.ok and good.totals.tasks_created == sum(expected_tasks_per_rule().values())
+        assert not down.ok
+        assert all(t.error and "down" in t.error for t in down.types)
+        assert bridge.source_state["down"].last_ok is False
+        assert bridge.source_state["good"].last_ok is True
+        assert bridge.store.get_cursor("down", "Patient") is None
+    finally:
+        bridge.close()
+
+
+async def test_delivery_to_an_unreachable_source_is_retried_later(sekmet_factory, tmp_path):
+    """A write-back whose server is down stays pending with the error and a later attempt time."""
+    url = seeded_server(sekmet_factory)
+    bridge = make_bridge(url, tmp_path)
+    try:
+        await bridge.sync_once()
+        task = bridge.store.list_tasks(rule_id="no-show-outreach", limit=1).items[0]
+        bridge.tasks.claim(task.id, "carol")
+        down = bridge.settings.sources[0].model_copy(
+            update={"base_url": f"http://127.0.0.1:{free_port()}/fhir", "retry_attempts": 1}
+        )
+        bridge.settings = bridge.settings.model_copy(update={"sources": (down,)})
+        stats = await bridge.deliver_once()
+        assert (stats.delivered, stats.retried, stats.dead) == (0, 1, 0)
+        [entry] = bridge.store.list_outbox(task_id=task.id)
+        assert entry.status.value == "pending" and entry.attempts == 1
+        assert entry.last_error is not None and "on source sekmet" in entry.last_error
+        assert entry.next_attempt_at > entry.created_at
+    finally:
+        bridge.close()

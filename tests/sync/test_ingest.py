@@ -1,0 +1,228 @@
+"""Tests for fhir_bridge.sync.ingest: one page through validate, store, mapping and queues."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fhir_bridge.mapping.engine import RuleSet
+from fhir_bridge.store.sqlite import SqliteStore
+from fhir_bridge.sync.ingest import Ingestor, IngestResult, content_hash, later
+from fhir_bridge.tasks.model import task_id
+
+ROOT = Path(__file__).parents[2]
+SAMPLE = ROOT / "src/fhir_bridge/sandbox/data/synthea"
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+SOURCE = "main-ehr"
+MAPPED_TYPES = ["Appointment", "CoverageEligibilityRequest", "MedicationStatement"]
+
+
+def load_ndjson(resource_type: str) -> list[dict[str, Any]]:
+    """Every resource of one sample NDJSON file."""
+    lines = (SAMPLE / f"{resource_type}.ndjson").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def expected_tasks(resource_type: str) -> Counter[str]:
+    """Per rule, the tasks one sample file should create, counted with plain Python."""
+    expected: Counter[str] = Counter()
+    for r in load_ndjson(resource_type):
+        purpose = set(r.get("purpose", []))
+        if resource_type == "Appointment" and r["status"] == "noshow":
+            expected["no-show-outreach"] += 1
+        elif resource_type == "MedicationStatement" and r["status"] == "active":
+            expected["medication-reconciliation"] += 1
+        elif resource_type == "CoverageEligibilityRequest" and r["status"] == "active":
+            if purpose & {"validation", "benefits"}:
+                expected["verify-eligibility"] += 1
+            if "auth-requirements" in purpose:
+                expected["prior-authorization"] += 1
+    return expected
+
+
+@pytest.fixture(scope="module")
+def rules() -> RuleSet:
+    """The default mapping rules."""
+    return RuleSet.load(ROOT / "mappings")
+
+
+@pytest.fixture
+def store() -> Iterator[SqliteStore]:
+    """An empty in-memory store."""
+    db = SqliteStore(":memory:")
+    yield db
+    db.close()
+
+
+@pytest.fixture
+def ingestor(store, rules) -> Ingestor:
+    """An Ingestor with a fixed clock."""
+    return Ingestor(store, rules, clock=lambda: NOW)
+
+
+def first_noshow() -> dict[str, Any]:
+    """The first no-show Appointment of the sample."""
+    return next(a for a in load_ndjson("Appointment") if a["status"] == "noshow")
+
+
+@pytest.mark.parametrize("resource_type", MAPPED_TYPES)
+def test_sample_page_creates_expected_tasks(ingestor, store, resource_type):
+    """A sample file creates, per rule, as many tasks as an independent count predicts."""
+    page = load_ndjson(resource_type)
+    result = ingestor.ingest(SOURCE, page, resource_type)
+    expected = expected_tasks(resource_type)
+    assert sum(expected.values()) > 0
+    assert result.tasks_by_rule == dict(expected)
+    assert result.tasks_created == sum(expected.values())
+    assert (result.received, result.stored, result.quarantined) == (len(page), len(page), 0)
+    for rule_id, n in expected.items():
+        assert store.list_tasks(rule_id=rule_id).total == n
+    assert store.resource_counts(SOURCE) == {resource_type: len(page)}
+
+
+def test_same_page_again_changes_nothing(ingestor, store):
+    """Re-ingesting an identical page reports all unchanged and creates no task."""
+    page = load_ndjson("Appointment")
+    ingestor.ingest(SOURCE, page, "Appointment")
+    before = store.list_tasks(limit=1000)
+    again = ingestor.ingest(SOURCE, copy.deepcopy(page), "Appointment")
+    assert (again.received, again.unchanged, again.stored) == (len(page), len(page), 0)
+    assert (again.tasks_created, again.tasks_updated, again.tasks_by_rule) == (0, 0, {})
+    assert store.list_tasks(limit=1000) == before
+
+
+def test_new_server_version_without_content_change_is_unchanged(ingestor):
+    """A re-save that only bumps meta.versionId/lastUpdated counts as unchanged."""
+    appt = first_noshow()
+    ingestor.ingest(SOURCE, [appt])
+    resaved = copy.deepcopy(appt)
+    resaved["meta"] |= {"versionId": "2", "lastUpdated": "2026-11-26T11:00:00Z"}
+    result = ingestor.ingest(SOURCE, [resaved])
+    assert (result.unchanged, result.stored, result.tasks_updated) == (1, 0, 0)
+
+
+def test_changed_resource_refreshes_its_task(ingestor, store):
+    """A no-show whose serviceType display changes updates its task's title, no new task."""
+    appt = first_noshow()
+    ingestor.ingest(SOURCE, [appt])
+    tid = task_id("no-show-outreach", SOURCE, "Appointment", appt["id"])
+    changed = copy.deepcopy(appt)
+    changed["serviceType"][0]["coding"][0]["display"] = "Flu vaccination"
+    result = ingestor.ingest(SOURCE, [changed])
+    assert (result.stored, result.tasks_created, result.tasks_updated) == (1, 0, 1)
+    assert store.list_tasks().total == 1
+    task = store.get_task(tid)
+    assert task.title == "Reach out after a missed appointment: Flu vaccination"
+    assert task.version == 2
+
+
+def test_invalid_resource_mid_page_is_quarantined(ingestor, store):
+    """A bad resource in the middle is quarantined with reasons; the rest of the page is stored."""
+    good = load_ndjson("Appointment")[:3]
+    bad = {**copy.deepcopy(good[1]), "id": "bad-1", "start": "2026-02-30T10:00:00Z"}
+    page = [good[0], bad, good[2]]
+    result = ingestor.ingest(SOURCE, page, "Appointment")
+    assert (result.received, result.stored, result.quarantined) == (3, 2, 1)
+    assert store.get_resource(SOURCE, "Appointment", good[0]["id"]) is not None
+    assert store.get_resource(SOURCE, "Appointment", good[2]["id"]) is not None
+    assert store.get_resource(SOURCE, "Appointment", "bad-1") is None
+    (entry,), total = store.list_quarantine(SOURCE)
+    assert total == 1
+    assert (entry.resource_type, entry.resource_id, entry.at) == ("Appointment", "bad-1", NOW)
+    assert [i["expression"] for i in entry.issues] == ["Appointment.start"]
+    assert entry.body == bad
+
+
+def test_every_unidentifiable_entry_of_a_page_is_kept(ingestor, store):
+    """Each quarantined entry of a page is listed, including several without an id."""
+    page = [{"resourceType": "Appointment", "status": "noshow"}, "junk", 42]
+    result = ingestor.ingest(SOURCE, page, "Appointment")
+    assert result.quarantined == 3
+    entries, total = store.list_quarantine(SOURCE)
+    assert total == 3
+    assert all(e.resource_id is None for e in entries)
+
+
+def test_wrong_type_in_page_is_quarantined(ingestor, store):
+    """A Patient in an Appointment search page is quarantined as an unexpected type."""
+    patient = load_ndjson("Patient")[0]
+    result = ingestor.ingest(SOURCE, [patient], "Appointment")
+    assert (result.quarantined, result.stored) == (1, 0)
+    (entry,), _ = store.list_quarantine()
+    assert entry.resource_type == "Patient"
+    assert entry.issues[0]["code"] == "invalid"
+
+
+def test_fixed_resource_leaves_quarantine(ingestor, store):
+    """When a quarantined resource later validates, it is stored and released."""
+    appt = first_noshow()
+    ingestor.ingest(SOURCE, [{**appt, "start": "2026-02-30T10:00:00Z"}])
+    assert store.list_quarantine()[1] == 1
+    result = ingestor.ingest(SOURCE, [appt])
+    assert (result.stored, result.tasks_created) == (1, 1)
+    assert store.list_quarantine()[1] == 0
+
+
+def test_max_last_updated_is_the_latest_instant(ingestor):
+    """max_last_updated is the latest meta.lastUpdated of the page, comparing instants."""
+    instants = ["2026-11-26T10:00:00Z", "2026-11-26T12:30:00+02:00", "2026-11-26T10:15:00.5Z"]
+    page = []
+    for appt, instant in zip(load_ndjson("Appointment"), instants, strict=False):
+        page.append({**appt, "meta": {**appt.get("meta", {}), "lastUpdated": instant}})
+    page.append(load_ndjson("Appointment")[5])  # no lastUpdated at all
+    result = ingestor.ingest(SOURCE, page, "Appointment")
+    assert result.max_last_updated == "2026-11-26T12:30:00+02:00"
+
+
+def test_page_without_last_updated_has_none(ingestor):
+    """A page whose resources carry no meta.lastUpdated reports None."""
+    assert ingestor.ingest(SOURCE, load_ndjson("Appointment")[:2]).max_last_updated is None
+
+
+def test_later_and_result_add():
+    """later() picks the later instant (None is earliest); add() sums counts and merges rules."""
+    assert later(None, "2026-01-01T00:00:00Z") == "2026-01-01T00:00:00Z"
+    assert later("2026-01-01T01:00:00+02:00", "2025-12-31T23:30:00Z") == ("2025-12-31T23:30:00Z")
+    total = IngestResult(received=2, tasks_created=1, tasks_by_rule={"a": 1})
+    total.add(IngestResult(received=3, tasks_created=2, tasks_by_rule={"a": 1, "b": 1}))
+    assert (total.received, total.tasks_created, total.tasks_by_rule) == (5, 3, {"a": 2, "b": 1})
+
+
+def test_content_hash_ignores_version_and_last_updated():
+    """content_hash is the same when only meta.versionId / meta.lastUpdated differ."""
+    appt = first_noshow()
+    bumped = copy.deepcopy(appt)
+    bumped["meta"] |= {"versionId": "9", "lastUpdated": "2026-11-26T11:00:00Z"}
+    assert content_hash(bumped) == content_hash(appt)
+    assert bumped["meta"]["versionId"] == "9"  # the caller's resource is not modified
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda r: r.update(status="booked"),
+        lambda r: r["meta"].update(tag=[]),
+        lambda r: r["meta"].update(profile=["http://example.org/p"]),
+    ],
+    ids=["status", "meta.tag", "meta.profile"],
+)
+def test_content_hash_sees_other_changes(change):
+    """Any change outside meta.versionId/lastUpdated changes the hash."""
+    appt = first_noshow()
+    changed = copy.deepcopy(appt)
+    change(changed)
+    assert content_hash(changed) != content_hash(appt)
+
+
+def test_content_hash_ignores_key_order():
+    """The hash is of canonical JSON: key order does not matter."""
+    appt = first_noshow()
+    reordered = dict(reversed(list(appt.items())))
+    assert content_hash(reordered) == content_hash(appt)

@@ -216,14 +216,11 @@ def _describe(error: Any) -> str:
         msg = "unknown key (check the spelling; see README 'Configuration')"
     elif error["type"] == "missing":
         msg = "required key is missing"
-    leaf = str(error["loc"][-1]) if error["loc"] else ""
+    # Never echo anything under `auth` or a secret-named key: it may be a credential.
+    secret = any(str(p) in _SECRET_KEYS or p == "auth" for p in error["loc"])
     shown = ""
     value = error.get("input")
-    if (
-        leaf not in _SECRET_KEYS
-        and isinstance(value, str | int | float | bool)
-        and error["type"] != "missing"
-    ):
+    if not secret and isinstance(value, str | int | float | bool) and error["type"] != "missing":
         shown = f" (got {value!r})"
     return f"{loc}: {msg}{shown}"
 

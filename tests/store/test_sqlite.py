@@ -86,6 +86,7 @@ def mirror_change(
     """A change function: set `status`, record an event at `at`, queue one entry per payload."""
 
     def change(task: Task) -> TaskChange:
+        """Apply the status change."""
         new = replace(task, status=status, updated_at=at, version=task.version + 1)
         event = TaskEvent(task.id, at, "alice", "status", task.status.value, status.value)
         outbox = tuple(OutboxDraft(task.id, task.source, MIRROR_ACTION, p) for p in payloads)
@@ -237,6 +238,7 @@ def test_upsert_keeps_coordinator_state(store):
     task = store.upsert_task(draft(), NOW).task
 
     def claim(current: Task) -> TaskChange:
+        """Assign the task to alice."""
         new = replace(current, status=TaskStatus.IN_PROGRESS, assignee="alice", version=2)
         return TaskChange(new, TaskEvent(current.id, NOW, "alice", "claim", "open", "in-progress"))
 
@@ -316,6 +318,7 @@ def test_update_task_failing_change_writes_nothing(store):
     task = store.upsert_task(draft(), NOW).task
 
     def change(current: Task) -> TaskChange:
+        """Refuse, as a state machine would."""
         raise RuntimeError("state machine says no")
 
     with pytest.raises(RuntimeError):

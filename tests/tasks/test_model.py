@@ -54,8 +54,9 @@ def draft(**changes) -> TaskDraft:
 
 @pytest.mark.parametrize(("current", "target"), sorted(ALLOWED), ids=str)
 def test_allowed_transition_passes(current, target):
-    """Each allowed pair passes check_transition."""
+    """Each allowed pair passes check_transition and is listed by allowed_transitions."""
     check_transition(current, target)
+    assert target.value in allowed_transitions(current)
 
 
 @pytest.mark.parametrize(("current", "target"), FORBIDDEN, ids=str)

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from fhir_bridge.errors import MappingError
 from fhir_bridge.logging import get_logger
 from fhir_bridge.mapping.model import MappingFile, Rule
+from fhir_bridge.mapping.syntax import fhirpath_syntax_errors
 from fhir_bridge.tasks.model import TaskDraft
 from fhir_bridge.validate.parse import is_known_type
 
@@ -32,6 +33,10 @@ _R4 = models["r4"]
 
 
 def _compile(expr: str, *, file: str, rule: str, key: str) -> FhirPath:
+    errors = fhirpath_syntax_errors(expr)
+    if errors:
+        message = f"FHIRPath does not compile: {expr!r}: {'; '.join(errors)}"
+        raise MappingError(message, file=file, rule=rule, key=key)
     try:
         fn: FhirPath = fhirpath_compile(expr, model=_R4)
     except Exception as exc:

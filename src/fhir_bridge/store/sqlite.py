@@ -9,6 +9,7 @@ cursor/outbox invariants need.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import threading
@@ -317,8 +318,12 @@ class SqliteStore(Store):
 
     # -- quarantine --------------------------------------------------------------------------
     def add_quarantine(self, entry: QuarantineEntry) -> None:
-        # Entries without an id (unparseable) are keyed by their position in time so none is lost.
-        key = entry.resource_id or f"(no id) {_ts(entry.at)}"
+        # Entries without an id are keyed by their content, so none overwrites another.
+        key = (
+            entry.resource_id
+            or "(no id) "
+            + hashlib.sha256(json.dumps(entry.body, sort_keys=True).encode()).hexdigest()[:16]
+        )
         self._write(
             "INSERT OR REPLACE INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?)",
             (

@@ -15,14 +15,15 @@ whole search has been stored, so a crash mid-search re-pulls it rather than skip
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, timedelta
 
 from fhir_bridge.config import SourceConfig
 from fhir_bridge.errors import FhirRequestError
-from fhir_bridge.fhir import FhirClient
+from fhir_bridge.fhir import FhirClient, Page
 from fhir_bridge.logging import get_logger
 from fhir_bridge.sync.ingest import Ingestor, IngestResult, parse_instant
 
@@ -89,6 +90,35 @@ def _in_order(resources: list[dict[str, object]], floor: str | None) -> bool:
     return True
 
 
+async def _prefetched(pages: AsyncIterator[Page], depth: int = 2) -> AsyncIterator[Page]:
+    """Yield `pages` while fetching up to `depth` pages ahead.
+
+    Ingest (parse, store, rules) runs in a worker thread; fetching the next page meanwhile
+    overlaps network and server time with our CPU time. Errors surface in order, after the
+    pages fetched before them.
+    """
+    queue: asyncio.Queue[Page | BaseException | None] = asyncio.Queue(maxsize=depth)
+
+    async def produce() -> None:
+        try:
+            async for page in pages:
+                await queue.put(page)
+            await queue.put(None)
+        except Exception as exc:  # handed to the consumer, re-raised there
+            await queue.put(exc)
+
+    producer = asyncio.create_task(produce())
+    try:
+        while (item := await queue.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        producer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await producer
+
+
 async def sync_type(
     source: SourceConfig,
     resource_type: str,
@@ -109,7 +139,7 @@ async def sync_type(
     sorted_so_far = True
     high_water = cursor
     try:
-        async for page in client.search(resource_type, params):
+        async for page in _prefetched(client.search(resource_type, params)):
             report.pages += 1
             sorted_so_far = sorted_so_far and _in_order(
                 page.resources, report.result.max_last_updated

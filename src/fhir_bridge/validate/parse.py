@@ -14,6 +14,7 @@ from functools import lru_cache
 from typing import Any, TypedDict
 
 from fhir.resources.R4B import get_fhir_model_class
+from fhir.resources.R4B.resource import Resource
 from pydantic import ValidationError
 
 
@@ -35,12 +36,19 @@ _CODE_BY_PYDANTIC_TYPE = {
 }
 
 
+_ABSTRACT = frozenset({"Resource", "DomainResource"})
+
+
 @lru_cache(maxsize=256)
 def _model_class(resource_type: str) -> Any:
+    """The R4B model of a concrete resource type; None for datatypes (HumanName...) and unknowns."""
+    if resource_type in _ABSTRACT:
+        return None
     try:
-        return get_fhir_model_class(resource_type)
+        cls = get_fhir_model_class(resource_type)
     except (ValueError, KeyError):
         return None
+    return cls if issubclass(cls, Resource) else None
 
 
 def is_known_type(resource_type: str) -> bool:

@@ -70,5 +70,5 @@ def build_task(
     if snap.get("due"):
         resource["restriction"] = {"period": {"end": snap["due"]}}
     if snap.get("note"):
-        resource.setdefault("note", []).append({"text": snap["note"]})
+        resource["note"] = [*resource.get("note", []), {"text": snap["note"]}]
     return resource

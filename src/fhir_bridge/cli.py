@@ -205,7 +205,9 @@ def demo(
             settings = settings.model_copy(
                 update={"api": settings.api.model_copy(update={"port": port})}
             )
-        settings.storage.path.unlink(missing_ok=True)  # the sandbox is new, so is the demo store
+        db = settings.storage.path  # the sandbox is new, so is the demo store
+        for stale in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+            stale.unlink(missing_ok=True)
         bridge = Bridge(settings)
         try:
             _print_reports(_sync_with_progress(bridge, full=True, only=None))

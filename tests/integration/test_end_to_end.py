@@ -131,3 +131,45 @@ async def test_completing_a_task_in_the_api_writes_a_completed_fhir_task(seeded_
             assert detail["task"]["mirror"] == f"Task/{mirror['id']}"
     finally:
         bridge.close()
+
+
+def phi_values() -> set[str]:
+    """Names, birth dates, identifier values, phones, e-mails and address lines of the sample."""
+    values: set[str] = set()
+    for patient in _sample("Patient"):
+        for name in patient.get("name", []):
+            values.update(name.get("given", []))
+            if name.get("family"):
+                values.add(name["family"])
+        values.add(patient.get("birthDate", ""))
+        values.update(i["value"] for i in patient.get("identifier", []) if i.get("value"))
+        values.update(t["value"] for t in patient.get("telecom", []) if t.get("value"))
+        for address in patient.get("address", []):
+            values.update(address.get("line", []))
+    return {v for v in values if len(v) >= 4}
+
+
+async def test_no_phi_in_any_log_line(seeded_url, tmp_path):
+    """Sync, API reads and write-back log nothing that names, dates or identifies a patient."""
+    from structlog.testing import capture_logs
+
+    phi = phi_values()
+    assert len(phi) > 100
+    bridge = make_bridge(seeded_url, tmp_path)
+    try:
+        with capture_logs() as logs:
+            await bridge.sync_once()
+            app = create_app(bridge)
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://bridge"
+            ) as api:
+                task = (await api.get("/queues/insurance/tasks")).json()["items"][0]
+                await api.get(f"/tasks/{task['id']}")
+                await api.post(f"/tasks/{task['id']}/claim", json={"coordinator": "dana"})
+            await bridge.deliver_once()
+        assert len(logs) > 10
+        text = json.dumps(logs, default=str)
+        leaked = sorted(v for v in phi if v in text)
+        assert leaked == []
+    finally:
+        bridge.close()

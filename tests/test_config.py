@@ -55,6 +55,14 @@ def config_error(path: Path) -> str:
     return str(info.value)
 
 
+def error_naming_file(tmp_path: Path, text: str) -> str:
+    """The ConfigError message for `text` as a settings file; fails unless it names the file."""
+    path = write(tmp_path, text)
+    message = config_error(path)
+    assert str(path) in message
+    return message
+
+
 def test_valid_file_loads_typed_values(tmp_path):
     """A valid file gives typed settings with the values written in it."""
     settings = load_settings(write(tmp_path, VALID))
@@ -96,26 +104,20 @@ def test_config_env_variable_selects_the_file(tmp_path, monkeypatch):
 
 def test_unknown_key_names_file_and_key_path(tmp_path):
     """A misspelled key is reported with the file and its full key path."""
-    path = write(tmp_path, SOURCE + "    pagesize: 10\n")
-    message = config_error(path)
-    assert str(path) in message
+    message = error_naming_file(tmp_path, SOURCE + "    pagesize: 10\n")
     assert "sources.0.pagesize: unknown key" in message
 
 
 def test_wrong_type_names_key_and_expectation(tmp_path):
     """A value of the wrong type names the key path and the expected type."""
-    path = write(tmp_path, "api:\n  port: eighty\n")
-    message = config_error(path)
-    assert str(path) in message
+    message = error_naming_file(tmp_path, "api:\n  port: eighty\n")
     assert "api.port:" in message
     assert "valid integer" in message
 
 
 def test_page_size_out_of_range(tmp_path):
     """page_size above 1000 names the key path, the bound and the given value."""
-    path = write(tmp_path, SOURCE + "    page_size: 5000\n")
-    message = config_error(path)
-    assert str(path) in message
+    message = error_naming_file(tmp_path, SOURCE + "    page_size: 5000\n")
     assert "sources.0.page_size:" in message
     assert "less than or equal to 1000" in message
     assert "5000" in message
@@ -124,20 +126,16 @@ def test_page_size_out_of_range(tmp_path):
 @pytest.mark.parametrize("bad_type", ["Patientt", "HumanName"])
 def test_unknown_resource_type(tmp_path, bad_type):
     """A name that is not a FHIR resource type (a typo, or a datatype) is rejected by name."""
-    path = write(tmp_path, SOURCE + f"    resource_types: [Patient, {bad_type}]\n")
-    message = config_error(path)
-    assert str(path) in message
+    message = error_naming_file(tmp_path, SOURCE + f"    resource_types: [Patient, {bad_type}]\n")
     assert "sources.0.resource_types:" in message
     assert bad_type in message
 
 
 def test_bearer_with_token_and_token_env(tmp_path):
     """Giving both token and token_env is an error that never shows the token."""
-    path = write(
+    message = error_naming_file(
         tmp_path, SOURCE + f"    auth: {{type: bearer, token: {SECRET}, token_env: TOK}}\n"
     )
-    message = config_error(path)
-    assert str(path) in message
     assert "sources.0.auth" in message
     assert "exactly one of 'token' or 'token_env'" in message
     assert SECRET not in message
@@ -176,9 +174,9 @@ def test_missing_file(tmp_path):
 
 def test_duplicate_source_names(tmp_path):
     """Two sources with the same name are rejected, naming the repeated name."""
-    path = write(tmp_path, SOURCE + "  - name: a\n    base_url: http://127.0.0.1:9/fhir\n")
-    message = config_error(path)
-    assert str(path) in message
+    message = error_naming_file(
+        tmp_path, SOURCE + "  - name: a\n    base_url: http://127.0.0.1:9/fhir\n"
+    )
     assert "sources:" in message
     assert "repeated: a" in message
 

@@ -23,6 +23,7 @@ from fhir_bridge.sandbox import (
 )
 from fhir_bridge.sandbox.sekmet import _deep_merge
 from tests.sandbox_fixtures import seeded_server
+from tests.utils import sample
 
 # The packaged sample as documented in src/fhir_bridge/sandbox/data/synthea/README.md.
 DOCUMENTED_COUNTS = {
@@ -48,8 +49,8 @@ def _line_counts() -> dict[str, int]:
 
 
 def _ids_in_file(rtype: str) -> set[str]:
-    path = sample_data_dir() / f"{rtype}.ndjson"
-    return {json.loads(line)["id"] for line in path.read_text().splitlines() if line.strip()}
+    """The ids of one sample NDJSON file."""
+    return {resource["id"] for resource in sample(rtype)}
 
 
 def _total(client: httpx.Client, rtype: str) -> int:

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime
-from pathlib import Path
-
 import pytest
 from fastapi.testclient import TestClient
 
 from fhir_bridge.api import create_app
 from fhir_bridge.config import Settings, SourceConfig
 from fhir_bridge.runtime import Bridge
-from fhir_bridge.sandbox import sample_data_dir
 from fhir_bridge.store import SqliteStore
 from fhir_bridge.tasks.model import OutboxStatus
-
-ROOT = Path(__file__).resolve().parents[2]
-NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+from tests.utils import NOW, ROOT, sample
 
 
 @pytest.fixture
@@ -29,8 +22,7 @@ def bridge() -> Bridge:
     )
     b = Bridge(settings, store=SqliteStore(":memory:"), clock=lambda: NOW)
     for rtype in ("Patient", "Appointment", "MedicationStatement", "CoverageEligibilityRequest"):
-        lines = (sample_data_dir() / f"{rtype}.ndjson").read_text().splitlines()
-        b.ingestor.ingest("ehr", [json.loads(line) for line in lines], rtype)
+        b.ingestor.ingest("ehr", sample(rtype), rtype)
     yield b
     b.close()
 

@@ -11,25 +11,19 @@ import pytest
 from fhir_bridge.api import create_app
 from fhir_bridge.config import Settings, SourceConfig, StorageConfig, WritebackConfig
 from fhir_bridge.runtime import Bridge
-from fhir_bridge.sandbox import sample_data_dir
 from tests.sandbox_fixtures import seeded_server
+from tests.utils import ROOT, sample
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 SYSTEM = "urn:fhir-bridge:task"
-
-
-def _sample(resource_type: str) -> list[dict]:
-    path = sample_data_dir() / f"{resource_type}.ndjson"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def expected_tasks_per_rule() -> dict[str, int]:
     """Tasks each default rule must make, computed from the data without the rule engine."""
-    appointments = _sample("Appointment")
-    requests = _sample("CoverageEligibilityRequest")
-    statements = _sample("MedicationStatement")
+    appointments = sample("Appointment")
+    requests = sample("CoverageEligibilityRequest")
+    statements = sample("MedicationStatement")
     active_cer = [r for r in requests if r["status"] == "active"]
     return {
         "no-show-outreach": sum(a["status"] == "noshow" for a in appointments),
@@ -71,7 +65,7 @@ async def test_sync_makes_exactly_the_expected_tasks_and_resync_adds_none(seeded
         assert report.totals.tasks_created == sum(expected.values())
         counts = bridge.store.resource_counts("sekmet")
         for rtype in ("Patient", "Appointment", "MedicationStatement"):
-            assert counts[rtype] == len(_sample(rtype))
+            assert counts[rtype] == len(sample(rtype))
         assert all(t.cursor for t in report.types), "every type must have a cursor after a sync"
 
         [again] = await bridge.sync_once()
@@ -136,7 +130,7 @@ async def test_completing_a_task_in_the_api_writes_a_completed_fhir_task(seeded_
 def phi_values() -> set[str]:
     """Names, birth dates, identifier values, phones, e-mails and address lines of the sample."""
     values: set[str] = set()
-    for patient in _sample("Patient"):
+    for patient in sample("Patient"):
         for name in patient.get("name", []):
             values.update(name.get("given", []))
             if name.get("family"):

@@ -3,33 +3,40 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import httpx
 import pytest
 
 from fhir_bridge.config import Settings, SourceConfig, StorageConfig
 from fhir_bridge.runtime import Bridge
-from fhir_bridge.sandbox import free_port, sample_data_dir
-from fhir_bridge.tasks.model import TaskStatus
+from fhir_bridge.sandbox import free_port
+from fhir_bridge.tasks.model import Task, TaskStatus
 from tests.integration.test_end_to_end import SYSTEM, expected_tasks_per_rule, make_bridge
 from tests.sandbox_fixtures import seeded_server
+from tests.utils import ROOT, sample
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 BAD_BIRTH_DATE = "1970-02-30"
 
 
 def _first(resource_type: str, **match: str) -> dict:
-    for line in (sample_data_dir() / f"{resource_type}.ndjson").read_text().splitlines():
-        resource = json.loads(line)
+    """The first sample resource of `resource_type` whose fields equal `match`."""
+    for resource in sample(resource_type):
         if all(resource.get(k) == v for k, v in match.items()):
             return resource
     raise AssertionError(f"no {resource_type} with {match}")
 
 
+def _claim_first(bridge: Bridge, rule_id: str, coordinator: str) -> Task:
+    """Claim the first task of `rule_id` for `coordinator`; return the task as it was before."""
+    task = bridge.store.list_tasks(rule_id=rule_id, limit=1).items[0]
+    bridge.tasks.claim(task.id, coordinator)
+    return task
+
+
 def _put(url: str, resource: dict) -> dict:
+    """PUT `resource` to the server at `url` and return the stored version."""
     resp = httpx.put(f"{url}/{resource['resourceType']}/{resource['id']}", json=resource)
     assert resp.status_code in (200, 201), resp.text
     return resp.json()
@@ -58,8 +65,7 @@ async def test_invalid_resources_are_quarantined_and_the_page_proceeds(sekmet_fa
         assert by_id["broken-appointment"].issues[0]["code"] == "required"
         assert bridge.store.get_resource("sekmet", "Patient", "broken-patient") is None
         counts = bridge.store.resource_counts("sekmet")
-        sample_patients = len((sample_data_dir() / "Patient.ndjson").read_text().splitlines())
-        assert counts["Patient"] == sample_patients
+        assert counts["Patient"] == len(sample("Patient"))
         expected = expected_tasks_per_rule()
         assert {r: bridge.store.list_tasks(rule_id=r).total for r in expected} == expected
 
@@ -108,8 +114,7 @@ async def test_incremental_sync_picks_up_changes_and_new_resources(sekmet_factor
         total = bridge.store.list_tasks(rule_id="no-show-outreach").total
         assert total == expected_tasks_per_rule()["no-show-outreach"] + 1
         five = bridge.settings.sources[0].resource_types
-        lines = sum(len((sample_data_dir() / f"{t}.ndjson").read_text().splitlines()) for t in five)
-        assert first.totals.received == lines
+        assert first.totals.received == sum(len(sample(t)) for t in five)
     finally:
         bridge.close()
 
@@ -121,8 +126,7 @@ async def test_mirror_update_after_ehr_edit_keeps_their_fields(sekmet_factory, t
     bridge = make_bridge(url, tmp_path)
     try:
         await bridge.sync_once()
-        task = bridge.store.list_tasks(rule_id="verify-eligibility", limit=1).items[0]
-        bridge.tasks.claim(task.id, "alice")
+        task = _claim_first(bridge, "verify-eligibility", "alice")
         assert (await bridge.deliver_once()).delivered == 1
         mirrored = bridge.store.get_task(task.id)
         assert mirrored is not None and mirrored.mirror_id and mirrored.mirror_version == "1"
@@ -149,8 +153,7 @@ async def test_lost_bookkeeping_does_not_make_a_second_mirror(sekmet_factory, tm
     bridge = make_bridge(url, tmp_path)
     try:
         await bridge.sync_once()
-        task = bridge.store.list_tasks(rule_id="prior-authorization", limit=1).items[0]
-        bridge.tasks.claim(task.id, "bob")
+        task = _claim_first(bridge, "prior-authorization", "bob")
         await bridge.deliver_once()
         # Forget the mirror, as if the process died before recording the server's answer.
         bridge.store._write(
@@ -197,8 +200,7 @@ async def test_delivery_to_an_unreachable_source_is_retried_later(sekmet_factory
     bridge = make_bridge(url, tmp_path)
     try:
         await bridge.sync_once()
-        task = bridge.store.list_tasks(rule_id="no-show-outreach", limit=1).items[0]
-        bridge.tasks.claim(task.id, "carol")
+        task = _claim_first(bridge, "no-show-outreach", "carol")
         down = bridge.settings.sources[0].model_copy(
             update={"base_url": f"http://127.0.0.1:{free_port()}/fhir", "retry_attempts": 1}
         )

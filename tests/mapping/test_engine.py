@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,11 +13,9 @@ from structlog.testing import capture_logs
 from fhir_bridge.errors import MappingError
 from fhir_bridge.mapping.engine import RuleSet
 from fhir_bridge.tasks.model import Priority, task_id
+from tests.utils import NOW, ROOT, sample
 
-ROOT = Path(__file__).parents[2]
 MAPPINGS = ROOT / "mappings"
-SAMPLE = ROOT / "src/fhir_bridge/sandbox/data/synthea"
-NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 SOURCE = "main-ehr"
 
 NO_SHOW_ID = "e84176dd-6baa-5f29-bde1-8fb3d4b0c000"
@@ -38,15 +35,9 @@ rules:
 """
 
 
-def load_ndjson(resource_type: str) -> list[dict[str, Any]]:
-    """Every resource of one sample NDJSON file."""
-    lines = (SAMPLE / f"{resource_type}.ndjson").read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
-
-
 def by_id(resource_type: str, resource_id: str) -> dict[str, Any]:
     """One sample resource by id."""
-    return next(r for r in load_ndjson(resource_type) if r["id"] == resource_id)
+    return next(r for r in sample(resource_type) if r["id"] == resource_id)
 
 
 @pytest.fixture(scope="module")
@@ -92,15 +83,15 @@ def test_default_mappings_load(rules):
 def expected_counts() -> Counter[str]:
     """Per rule, the sample resources it should match, counted with plain Python."""
     expected: Counter[str] = Counter()
-    expected["no-show-outreach"] = sum(a["status"] == "noshow" for a in load_ndjson("Appointment"))
-    for cer in load_ndjson("CoverageEligibilityRequest"):
+    expected["no-show-outreach"] = sum(a["status"] == "noshow" for a in sample("Appointment"))
+    for cer in sample("CoverageEligibilityRequest"):
         purpose = set(cer.get("purpose", []))
         if cer["status"] == "active" and purpose & {"validation", "benefits"}:
             expected["verify-eligibility"] += 1
         if cer["status"] == "active" and "auth-requirements" in purpose:
             expected["prior-authorization"] += 1
     expected["medication-reconciliation"] = sum(
-        m["status"] == "active" for m in load_ndjson("MedicationStatement")
+        m["status"] == "active" for m in sample("MedicationStatement")
     )
     return expected
 
@@ -109,7 +100,7 @@ def test_drafts_per_rule_match_an_independent_count(rules):
     """Over the sample population, each rule drafts exactly the resources it describes."""
     drafted: Counter[str] = Counter()
     for rtype in ["Patient", "CarePlan", *sorted(rules.resource_types)]:
-        for resource in load_ndjson(rtype):
+        for resource in sample(rtype):
             for draft in rules.evaluate(resource, SOURCE, NOW):
                 drafted[draft.rule_id] += 1
     expected = expected_counts()
@@ -172,7 +163,7 @@ def test_non_matching_resource_gives_reason(rules):
 
 def test_resource_type_without_rules_gives_nothing(rules):
     """A resource type no rule reads gives no decisions."""
-    assert rules.decide(load_ndjson("Patient")[0], SOURCE, NOW) == []
+    assert rules.decide(sample("Patient")[0], SOURCE, NOW) == []
 
 
 def test_evaluation_failure_is_a_decision_not_an_exception(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -23,8 +23,8 @@ from fhir_bridge.tasks.model import (
     TaskEvent,
     TaskStatus,
 )
+from tests.utils import NOW, make_draft
 
-NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 SOURCE = "main-ehr"
 PATIENT = {
     "resourceType": "Patient",
@@ -35,21 +35,15 @@ PATIENT = {
 
 
 def draft(focus_id: str = "a1", **changes) -> TaskDraft:
-    """A draft for one Appointment, with `changes` applied."""
+    """A routine draft without due date for one Appointment, with `changes` applied."""
     fields = {
-        "rule_id": "no-show-outreach",
         "source": SOURCE,
-        "focus_type": "Appointment",
         "focus_id": focus_id,
-        "focus_version": "1",
-        "patient": "Patient/p1",
-        "queue": "scheduling",
-        "kind": "no-show-outreach",
         "title": f"Reach out {focus_id}",
         "priority": Priority.ROUTINE,
         "due": None,
     }
-    return TaskDraft(**(fields | changes))
+    return make_draft(**(fields | changes))
 
 
 @pytest.fixture
@@ -60,7 +54,7 @@ def db_path(tmp_path) -> Path:
 
 @pytest.fixture
 def store(db_path) -> Iterator[SqliteStore]:
-    """A store in a fresh SQLite file."""
+    """A store in a fresh SQLite file (overrides the in-memory `store` of conftest.py)."""
     db = SqliteStore(db_path)
     yield db
     db.close()

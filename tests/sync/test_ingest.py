@@ -3,37 +3,24 @@
 from __future__ import annotations
 
 import copy
-import json
 from collections import Counter
-from collections.abc import Iterator
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fhir_bridge.mapping.engine import RuleSet
-from fhir_bridge.store.sqlite import SqliteStore
 from fhir_bridge.sync.ingest import Ingestor, IngestResult, content_hash, later
 from fhir_bridge.tasks.model import task_id
+from tests.utils import NOW, ROOT, sample
 
-ROOT = Path(__file__).parents[2]
-SAMPLE = ROOT / "src/fhir_bridge/sandbox/data/synthea"
-NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 SOURCE = "main-ehr"
 MAPPED_TYPES = ["Appointment", "CoverageEligibilityRequest", "MedicationStatement"]
-
-
-def load_ndjson(resource_type: str) -> list[dict[str, Any]]:
-    """Every resource of one sample NDJSON file."""
-    lines = (SAMPLE / f"{resource_type}.ndjson").read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
 
 
 def expected_tasks(resource_type: str) -> Counter[str]:
     """Per rule, the tasks one sample file should create, counted with plain Python."""
     expected: Counter[str] = Counter()
-    for r in load_ndjson(resource_type):
+    for r in sample(resource_type):
         purpose = set(r.get("purpose", []))
         if resource_type == "Appointment" and r["status"] == "noshow":
             expected["no-show-outreach"] += 1
@@ -54,14 +41,6 @@ def rules() -> RuleSet:
 
 
 @pytest.fixture
-def store() -> Iterator[SqliteStore]:
-    """An empty in-memory store."""
-    db = SqliteStore(":memory:")
-    yield db
-    db.close()
-
-
-@pytest.fixture
 def ingestor(store, rules) -> Ingestor:
     """An Ingestor with a fixed clock."""
     return Ingestor(store, rules, clock=lambda: NOW)
@@ -69,13 +48,13 @@ def ingestor(store, rules) -> Ingestor:
 
 def first_noshow() -> dict[str, Any]:
     """The first no-show Appointment of the sample."""
-    return next(a for a in load_ndjson("Appointment") if a["status"] == "noshow")
+    return next(a for a in sample("Appointment") if a["status"] == "noshow")
 
 
 @pytest.mark.parametrize("resource_type", MAPPED_TYPES)
 def test_sample_page_creates_expected_tasks(ingestor, store, resource_type):
     """A sample file creates, per rule, as many tasks as an independent count predicts."""
-    page = load_ndjson(resource_type)
+    page = sample(resource_type)
     result = ingestor.ingest(SOURCE, page, resource_type)
     expected = expected_tasks(resource_type)
     assert sum(expected.values()) > 0
@@ -89,7 +68,7 @@ def test_sample_page_creates_expected_tasks(ingestor, store, resource_type):
 
 def test_same_page_again_changes_nothing(ingestor, store):
     """Re-ingesting an identical page reports all unchanged and creates no task."""
-    page = load_ndjson("Appointment")
+    page = sample("Appointment")
     ingestor.ingest(SOURCE, page, "Appointment")
     before = store.list_tasks(limit=1000)
     again = ingestor.ingest(SOURCE, copy.deepcopy(page), "Appointment")
@@ -125,7 +104,7 @@ def test_changed_resource_refreshes_its_task(ingestor, store):
 
 def test_invalid_resource_mid_page_is_quarantined(ingestor, store):
     """A bad resource in the middle is quarantined with reasons; the rest of the page is stored."""
-    good = load_ndjson("Appointment")[:3]
+    good = sample("Appointment")[:3]
     bad = {**copy.deepcopy(good[1]), "id": "bad-1", "start": "2026-02-30T10:00:00Z"}
     page = [good[0], bad, good[2]]
     result = ingestor.ingest(SOURCE, page, "Appointment")
@@ -152,7 +131,7 @@ def test_every_unidentifiable_entry_of_a_page_is_kept(ingestor, store):
 
 def test_wrong_type_in_page_is_quarantined(ingestor, store):
     """A Patient in an Appointment search page is quarantined as an unexpected type."""
-    patient = load_ndjson("Patient")[0]
+    patient = sample("Patient")[0]
     result = ingestor.ingest(SOURCE, [patient], "Appointment")
     assert (result.quarantined, result.stored) == (1, 0)
     (entry,), _ = store.list_quarantine()
@@ -174,16 +153,16 @@ def test_max_last_updated_is_the_latest_instant(ingestor):
     """max_last_updated is the latest meta.lastUpdated of the page, comparing instants."""
     instants = ["2026-11-26T10:00:00Z", "2026-11-26T12:30:00+02:00", "2026-11-26T10:15:00.5Z"]
     page = []
-    for appt, instant in zip(load_ndjson("Appointment"), instants, strict=False):
+    for appt, instant in zip(sample("Appointment"), instants, strict=False):
         page.append({**appt, "meta": {**appt.get("meta", {}), "lastUpdated": instant}})
-    page.append(load_ndjson("Appointment")[5])  # no lastUpdated at all
+    page.append(sample("Appointment")[5])  # no lastUpdated at all
     result = ingestor.ingest(SOURCE, page, "Appointment")
     assert result.max_last_updated == "2026-11-26T12:30:00+02:00"
 
 
 def test_page_without_last_updated_has_none(ingestor):
     """A page whose resources carry no meta.lastUpdated reports None."""
-    assert ingestor.ingest(SOURCE, load_ndjson("Appointment")[:2]).max_last_updated is None
+    assert ingestor.ingest(SOURCE, sample("Appointment")[:2]).max_last_updated is None
 
 
 def test_later_and_result_add():

@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import itertools
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 
 from fhir_bridge.errors import IllegalTransition
 from fhir_bridge.tasks.model import (
-    Priority,
     Task,
-    TaskDraft,
     TaskStatus,
     allowed_transitions,
     check_transition,
     identity_key,
     task_id,
 )
+from tests.utils import NOW, make_draft
 
 S = TaskStatus
-NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
 ALLOWED = {
     (S.OPEN, S.IN_PROGRESS),
@@ -32,24 +30,6 @@ ALLOWED = {
 }
 ALL_PAIRS = list(itertools.product(TaskStatus, TaskStatus))
 FORBIDDEN = [pair for pair in ALL_PAIRS if pair not in ALLOWED]
-
-
-def draft(**changes) -> TaskDraft:
-    """A no-show draft, with `changes` applied."""
-    fields = {
-        "rule_id": "no-show-outreach",
-        "source": "main-ehr",
-        "focus_type": "Appointment",
-        "focus_id": "a1",
-        "focus_version": "1",
-        "patient": "Patient/p1",
-        "queue": "scheduling",
-        "kind": "no-show-outreach",
-        "title": "Reach out: check-up",
-        "priority": Priority.URGENT,
-        "due": NOW + timedelta(days=2),
-    }
-    return TaskDraft(**(fields | changes))
 
 
 @pytest.mark.parametrize(("current", "target"), sorted(ALLOWED), ids=str)
@@ -116,28 +96,34 @@ def test_identity_key_is_readable():
 
 def test_draft_id_ignores_version_and_content():
     """A new version or title of the same resource keeps the draft's id."""
-    assert draft().id == draft(focus_version="2", title="changed").id
-    assert draft().id == task_id("no-show-outreach", "main-ehr", "Appointment", "a1")
+    assert make_draft().id == make_draft(focus_version="2", title="changed").id
+    assert make_draft().id == task_id("no-show-outreach", "main-ehr", "Appointment", "a1")
 
 
 def test_task_from_draft_is_open_and_unassigned():
     """A new task is open, unassigned, version 1, with the draft's fields."""
-    task = Task.from_draft(draft(), NOW)
+    task = Task.from_draft(make_draft(), NOW)
     assert (task.status, task.assignee, task.version) == (S.OPEN, None, 1)
-    assert (task.id, task.title, task.focus) == (draft().id, draft().title, "Appointment/a1")
+    assert (task.id, task.title, task.focus) == (
+        make_draft().id,
+        make_draft().title,
+        "Appointment/a1",
+    )
     assert task.created_at == task.updated_at == NOW
 
 
 def test_refreshed_returns_none_when_nothing_changed():
     """A draft identical in what a coordinator sees gives no refresh."""
-    assert Task.from_draft(draft(), NOW).refreshed(draft(), NOW + timedelta(hours=1)) is None
+    assert (
+        Task.from_draft(make_draft(), NOW).refreshed(make_draft(), NOW + timedelta(hours=1)) is None
+    )
 
 
 def test_refreshed_bumps_version_and_keeps_status():
     """A changed title refreshes the task: new title, version+1, same status and assignee."""
     later = NOW + timedelta(hours=1)
-    task = Task.from_draft(draft(), NOW)
-    new = task.refreshed(draft(title="Reach out: flu shot"), later)
+    task = Task.from_draft(make_draft(), NOW)
+    new = task.refreshed(make_draft(title="Reach out: flu shot"), later)
     assert new is not None
     assert (new.title, new.version, new.updated_at) == ("Reach out: flu shot", 2, later)
     assert (new.status, new.created_at) == (task.status, NOW)

@@ -2,51 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 
 from fhir_bridge.errors import IllegalTransition, TaskConflict, TaskNotFound
-from fhir_bridge.store.sqlite import SqliteStore
 from fhir_bridge.tasks.model import (
     MIRROR_ACTION,
     OutboxStatus,
-    Priority,
     Task,
-    TaskDraft,
     TaskStatus,
 )
 from fhir_bridge.tasks.service import TaskService, snapshot
+from tests.utils import NOW, make_draft
 
-NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 LATER = NOW + timedelta(minutes=5)
 SOURCE = "main-ehr"
-
-
-def draft(source: str = SOURCE, focus_id: str = "a1") -> TaskDraft:
-    """A no-show draft for one Appointment of `source`."""
-    return TaskDraft(
-        rule_id="no-show-outreach",
-        source=source,
-        focus_type="Appointment",
-        focus_id=focus_id,
-        focus_version="1",
-        patient="Patient/p1",
-        queue="scheduling",
-        kind="no-show-outreach",
-        title="Reach out: check-up",
-        priority=Priority.URGENT,
-        due=NOW + timedelta(days=2),
-    )
-
-
-@pytest.fixture
-def store() -> Iterator[SqliteStore]:
-    """An empty in-memory store."""
-    db = SqliteStore(":memory:")
-    yield db
-    db.close()
 
 
 @pytest.fixture
@@ -58,7 +29,7 @@ def service(store) -> TaskService:
 @pytest.fixture
 def task(store) -> Task:
     """An open task of SOURCE."""
-    return store.upsert_task(draft(), NOW).task
+    return store.upsert_task(make_draft(source=SOURCE), NOW).task
 
 
 def test_claim_assigns_and_records(service, store, task):
@@ -158,7 +129,7 @@ def test_expected_version_match_succeeds(service, task):
 
 def test_source_without_writeback_gets_no_outbox(service, store):
     """A task of a source not in writeback_sources changes locally only."""
-    local = store.upsert_task(draft(source="read-only-ehr"), NOW).task
+    local = store.upsert_task(make_draft(source="read-only-ehr"), NOW).task
     claimed = service.claim(local.id, "alice")
     assert claimed.status is TaskStatus.IN_PROGRESS
     assert len(store.task_history(local.id)) == 2

@@ -9,23 +9,17 @@ from typing import Any
 import pytest
 
 from fhir_bridge.validate.parse import is_known_type, validate_resource
+from tests.utils import sample
 
-SAMPLE = Path(__file__).parents[2] / "src/fhir_bridge/sandbox/data/synthea"
 HL7 = Path(__file__).parents[1] / "data/hl7"
 TYPES = ["Patient", "CarePlan", "Appointment", "MedicationStatement", "CoverageEligibilityRequest"]
 ISSUE_KEYS = {"severity", "code", "expression", "diagnostics"}
 
 
-def load_ndjson(resource_type: str) -> list[dict[str, Any]]:
-    """Every resource of one sample NDJSON file."""
-    lines = (SAMPLE / f"{resource_type}.ndjson").read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
-
-
 @pytest.fixture(scope="module")
 def patient() -> dict[str, Any]:
     """The first sample Patient."""
-    return load_ndjson("Patient")[0]
+    return sample("Patient")[0]
 
 
 def assert_no_value(issues: list[Any], value: str) -> None:
@@ -38,7 +32,7 @@ def assert_no_value(issues: list[Any], value: str) -> None:
 @pytest.mark.parametrize("resource_type", TYPES)
 def test_sample_resources_are_valid(resource_type):
     """Every sample resource of the five synced types gives no issues."""
-    resources = load_ndjson(resource_type)
+    resources = sample(resource_type)
     assert resources
     bad = {r["id"]: issues for r in resources if (issues := validate_resource(r, resource_type))}
     assert bad == {}

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import copy
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
-from fhir_bridge.tasks.model import Priority, Task, TaskDraft, TaskStatus
+from fhir_bridge.tasks.model import Task, TaskStatus
 from fhir_bridge.tasks.service import snapshot
 from fhir_bridge.writeback.task_mirror import (
     COORDINATOR_SYSTEM,
@@ -18,26 +18,14 @@ from fhir_bridge.writeback.task_mirror import (
     build_task,
     identifier_query,
 )
+from tests.utils import NOW, make_draft
 
-NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 SYSTEM = "urn:fhir-bridge:task"
 
 
 def snap(**changes: Any) -> dict[str, Any]:
     """The snapshot of a claimed no-show task, with `changes` applied to the task."""
-    draft = TaskDraft(
-        rule_id="no-show-outreach",
-        source="main-ehr",
-        focus_type="Appointment",
-        focus_id="a1",
-        focus_version="1",
-        patient="Patient/p1",
-        queue="scheduling",
-        kind="no-show-outreach",
-        title="Reach out after a missed appointment",
-        priority=Priority.URGENT,
-        due=NOW + timedelta(days=2),
-    )
+    draft = make_draft(title="Reach out after a missed appointment")
     task = replace(Task.from_draft(draft, NOW), **({"assignee": "alice"} | changes))
     return snapshot(task)
 

@@ -55,6 +55,22 @@ class NoAuth(_Strict):
     type: Literal["none"] = "none"
 
 
+def _secret(inline: SecretStr | None, env: str | None, what: str) -> str:
+    """A secret given inline or through an environment variable (exactly one is set)."""
+    if inline is not None:
+        return inline.get_secret_value()
+    assert env is not None  # noqa: S101  (guaranteed by the model validators)
+    value = os.environ.get(env)
+    if not value:
+        raise ConfigError(f"environment variable {env} ({what}) is not set")
+    return value
+
+
+def _exactly_one(a: object, b: object, names: str) -> None:
+    if (a is None) == (b is None):
+        raise ValueError(f"give exactly one of {names}")
+
+
 class BearerAuth(_Strict):
     """A static bearer token, given inline or (better) through an environment variable."""
 
@@ -64,22 +80,66 @@ class BearerAuth(_Strict):
 
     @model_validator(mode="after")
     def _one_token(self) -> BearerAuth:
-        if (self.token is None) == (self.token_env is None):
-            raise ValueError("give exactly one of 'token' or 'token_env'")
+        _exactly_one(self.token, self.token_env, "'token' or 'token_env'")
         return self
 
     def resolve_token(self) -> str:
         """The token value, read from the environment when `token_env` is set."""
-        if self.token is not None:
-            return self.token.get_secret_value()
-        assert self.token_env is not None  # noqa: S101  (guaranteed by _one_token)
-        value = os.environ.get(self.token_env)
-        if not value:
-            raise ConfigError(f"environment variable {self.token_env} (bearer token) is not set")
-        return value
+        return _secret(self.token, self.token_env, "bearer token")
 
 
-AuthConfig = Annotated[NoAuth | BearerAuth, Field(discriminator="type")]
+class BasicAuth(_Strict):
+    """HTTP Basic: a user name and a password (inline or, better, from the environment)."""
+
+    type: Literal["basic"]
+    username: str = Field(min_length=1)
+    password: SecretStr | None = None
+    password_env: str | None = None
+
+    @model_validator(mode="after")
+    def _one_password(self) -> BasicAuth:
+        _exactly_one(self.password, self.password_env, "'password' or 'password_env'")
+        return self
+
+    def resolve_password(self) -> str:
+        """The password, read from the environment when `password_env` is set."""
+        return _secret(self.password, self.password_env, "basic auth password")
+
+
+class SmartAuth(_Strict):
+    """SMART Backend Services: client_credentials with a signed JWT (private_key_jwt).
+
+    The token endpoint is read from `[base]/.well-known/smart-configuration` unless given.
+    """
+
+    type: Literal["smart"]
+    client_id: str = Field(min_length=1)
+    private_key_path: Path | None = None
+    private_key_env: str | None = Field(default=None, description="env var holding the PEM key")
+    algorithm: Literal["RS384", "ES384"] = "RS384"
+    key_id: str | None = Field(default=None, description="`kid` header of the client assertion")
+    scope: str = "system/*.read system/Task.write"
+    token_url: HttpUrl | None = None
+
+    @model_validator(mode="after")
+    def _one_key(self) -> SmartAuth:
+        names = "'private_key_path' or 'private_key_env'"
+        _exactly_one(self.private_key_path, self.private_key_env, names)
+        return self
+
+    def resolve_private_key(self) -> str:
+        """The PEM private key, from the file or the environment variable."""
+        if self.private_key_path is not None:
+            try:
+                return self.private_key_path.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot read SMART private key {self.private_key_path}: {exc.strerror}"
+                ) from None
+        return _secret(None, self.private_key_env, "SMART private key")
+
+
+AuthConfig = Annotated[NoAuth | BearerAuth | BasicAuth | SmartAuth, Field(discriminator="type")]
 
 
 class SourceConfig(_Strict):
@@ -99,6 +159,11 @@ class SourceConfig(_Strict):
     retry_attempts: int = Field(default=5, ge=1, le=20)
     retry_max_wait: float = Field(default=60.0, gt=0)
     writeback: bool = True
+    profiles: tuple[str, ...] = Field(
+        default=(),
+        description="StructureDefinition urls (or file names in profiles_dir) to enforce",
+    )
+    on_profile_violation: Literal["quarantine", "warn"] = "quarantine"
 
     @field_validator("resource_types")
     @classmethod
@@ -121,8 +186,12 @@ class SourceConfig(_Strict):
 class StorageConfig(_Strict):
     """Where the bridge keeps resources, tasks, cursors, quarantine and outbox."""
 
-    engine: Literal["sqlite"] = "sqlite"
+    engine: Literal["sqlite", "redis"] = "sqlite"
     path: Path = Path("../var/fhir-bridge.db")
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0", description="redis://, rediss:// (TLS) or unix://"
+    )
+    key_prefix: str = Field(default="fhir-bridge", pattern=r"^[A-Za-z0-9:_.-]{1,64}$")
 
 
 class ApiConfig(_Strict):
@@ -153,6 +222,7 @@ class Settings(BaseSettings):
     api: ApiConfig = ApiConfig()
     writeback: WritebackConfig = WritebackConfig()
     mappings_dir: Path = Path("../mappings")
+    profiles_dir: Path = Path("../profiles")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     config_file: Path | None = None
 
@@ -244,10 +314,24 @@ def load_settings(path: Path | str | None = None) -> Settings:
         raise ConfigError(f"{file}: invalid configuration:\n{lines}") from None
     base = file.resolve().parent
     storage = settings.storage.model_copy(update={"path": _resolve(settings.storage.path, base)})
+    sources = tuple(
+        s.model_copy(
+            update={
+                "auth": s.auth.model_copy(
+                    update={"private_key_path": _resolve(s.auth.private_key_path, base)}
+                )
+            }
+        )
+        if isinstance(s.auth, SmartAuth) and s.auth.private_key_path is not None
+        else s
+        for s in settings.sources
+    )
     return settings.model_copy(
         update={
             "storage": storage,
+            "sources": sources,
             "mappings_dir": _resolve(settings.mappings_dir, base),
+            "profiles_dir": _resolve(settings.profiles_dir, base),
             "config_file": file.resolve(),
         }
     )

@@ -43,7 +43,7 @@ class Bridge:
         self.settings = settings
         self.clock = clock
         self.rules = RuleSet.load(settings.mappings_dir)
-        self.store = store if store is not None else open_store(settings.storage.path)
+        self.store = store if store is not None else open_store(settings.storage)
         self.ingestor = Ingestor(self.store, self.rules, clock)
         self.tasks = TaskService(
             self.store, clock, [s.name for s in settings.sources if s.writeback]

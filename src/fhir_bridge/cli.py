@@ -7,12 +7,14 @@ non-zero exit. The work happens in `runtime.Bridge`.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 import uvicorn
@@ -221,6 +223,129 @@ def demo(
             asyncio.run(_until_interrupted(bridge, serve=True, sync=True, writeback=True))
         finally:
             bridge.close()
+
+
+mappings_app = typer.Typer(
+    help="Check, test and explain mapping files.", no_args_is_help=True, add_completion=False
+)
+app.add_typer(mappings_app, name="mappings")
+
+
+def _mappings_dir(folder: Path | None) -> Path:
+    if folder is not None:
+        return folder
+    try:
+        return load_settings(_State.config).mappings_dir
+    except FhirBridgeError:
+        return Path("mappings")
+
+
+DirOpt = Annotated[
+    Path | None, typer.Option("--dir", help="mapping folder (default: from the settings)")
+]
+
+
+@mappings_app.command("check")
+def mappings_check(
+    paths: Annotated[list[Path] | None, typer.Argument(help="files or folders")] = None,
+    folder: DirOpt = None,
+) -> None:
+    """Check mapping files: schema, FHIRPath syntax, element names, queues, duplicate ids."""
+    from fhir_bridge.mapping.engine import compile_folder, rule_files
+
+    targets = paths or [_mappings_dir(folder)]
+    problems = []
+    rules = files = 0
+    for target in targets:
+        if target.is_dir():
+            ruleset, found = compile_folder(target)
+            files += len(rule_files(target))
+        else:
+            ruleset, found = compile_folder(target.parent, [target])
+            files += 1
+        problems += found
+        rules += len(ruleset.rules) if ruleset else 0
+    for problem in problems:
+        out.print(str(problem), highlight=False, markup=False, soft_wrap=True)
+    if problems:
+        err.print(f"{len(problems)} problem(s)", highlight=False)
+        raise typer.Exit(1)
+    out.print(f"ok: {rules} rules in {files} files", highlight=False)
+
+
+@mappings_app.command("test")
+def mappings_test(folder: DirOpt = None) -> None:
+    """Run the golden tests in <mappings>/tests against the rules; show a diff on failure."""
+    from fhir_bridge.mapping.engine import TESTS_DIR, RuleSet
+    from fhir_bridge.mapping.fixtures import run_folder
+
+    mdir = _mappings_dir(folder)
+    results = run_folder(mdir / TESTS_DIR, RuleSet.load(mdir))
+    failed = [r for r in results if not r.ok]
+    for r in failed:
+        out.print(f"FAIL {r.file}: {r.name}", highlight=False, markup=False, soft_wrap=True)
+        for line in r.failures:
+            out.print(f"    {line}", highlight=False, markup=False, soft_wrap=True)
+    out.print(f"{len(results) - len(failed)} passed, {len(failed)} failed", highlight=False)
+    if failed or not results:
+        raise typer.Exit(1)
+
+
+@mappings_app.command("explain")
+def mappings_explain(
+    rule_id: Annotated[str, typer.Argument(metavar="RULE")],
+    resource_file: Annotated[Path, typer.Argument(metavar="RESOURCE.json")],
+    now: Annotated[
+        str | None, typer.Option(help="evaluation time, ISO 8601 (default: now)")
+    ] = None,
+    store: Annotated[
+        list[Path] | None, typer.Option(help="JSON/NDJSON of the patient's other resources")
+    ] = None,
+    folder: DirOpt = None,
+) -> None:
+    """Show each expression of RULE, its value on the resource, and the task or why none."""
+    from fhir_bridge.mapping.engine import RuleSet
+    from fhir_bridge.mapping.explain import explain
+
+    rules = RuleSet.load(_mappings_dir(folder))
+    rule = rules.get(rule_id)
+    if rule is None:
+        known = ", ".join(sorted(r.id for r in rules.rules))
+        raise FhirBridgeError(f"no rule {rule_id!r}; rules: {known}")
+    resource = _read_json(resource_file)
+    others = [r for path in store or [] for r in _read_resources(path)]
+    when = datetime.now(UTC)
+    if now:
+        try:
+            when = datetime.fromisoformat(now)
+        except ValueError:
+            raise FhirBridgeError(f"--now {now!r} is not an ISO 8601 date or time") from None
+        when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    _, lines = explain(rule, resource, when, others)
+    for line in lines:
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise FhirBridgeError(f"{path}: cannot read: {exc.strerror}") from None
+    except ValueError as exc:
+        raise FhirBridgeError(f"{path}: not JSON: {exc}") from None
+    if not isinstance(data, dict) or "resourceType" not in data:
+        raise FhirBridgeError(f"{path}: not a FHIR resource (no resourceType)")
+    return data
+
+
+def _read_resources(path: Path) -> list[dict[str, Any]]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".ndjson":
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    data = json.loads(text)
+    if isinstance(data, dict) and data.get("resourceType") == "Bundle":
+        return [e["resource"] for e in data.get("entry", []) if "resource" in e]
+    return data if isinstance(data, list) else [data]
 
 
 def _interrupt(signum: int, _frame: object) -> None:

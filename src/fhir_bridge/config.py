@@ -40,6 +40,7 @@ DEFAULT_RESOURCE_TYPES = (
     "Appointment",
     "MedicationStatement",
     "CoverageEligibilityRequest",
+    "Coverage",
 )
 
 _SECRET_KEYS = frozenset({"token", "password", "secret", "client_secret", "private_key"})
@@ -222,6 +223,14 @@ class Settings(BaseSettings):
     api: ApiConfig = ApiConfig()
     writeback: WritebackConfig = WritebackConfig()
     mappings_dir: Path = Path("../mappings")
+    mappings_reload_interval: float = Field(
+        default=2.0, ge=0, description="seconds between checks for changed mapping files; 0: off"
+    )
+    reevaluate_interval: float = Field(
+        default=3600.0,
+        ge=0,
+        description="seconds between re-runs of every rule (time-based); 0: off",
+    )
     profiles_dir: Path = Path("../profiles")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     config_file: Path | None = None

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from fhir_bridge.config import Settings, SourceConfig
 from fhir_bridge.fhir import FhirClient
 from fhir_bridge.logging import get_logger
-from fhir_bridge.mapping.engine import RuleSet
+from fhir_bridge.mapping.engine import Problem, RuleSet, compile_folder
 from fhir_bridge.sources import client_for
 from fhir_bridge.store import Store, open_store
 from fhir_bridge.sync.engine import Progress, SourceReport, sync_source
@@ -22,6 +22,7 @@ from fhir_bridge.tasks.service import TaskService
 from fhir_bridge.writeback.delivery import Delivery, DeliveryStats
 
 log = get_logger("runtime")
+MAPPING_SUFFIXES = frozenset({".yaml", ".yml", ".json"})
 
 
 @dataclass
@@ -44,11 +45,59 @@ class Bridge:
         self.clock = clock
         self.rules = RuleSet.load(settings.mappings_dir)
         self.store = store if store is not None else open_store(settings.storage)
-        self.ingestor = Ingestor(self.store, self.rules, clock)
         self.tasks = TaskService(
             self.store, clock, [s.name for s in settings.sources if s.writeback]
         )
+        self.ingestor = Ingestor(self.store, self.rules, self.tasks, clock)
         self.source_state = {s.name: SourceState() for s in settings.sources}
+
+    def reload_rules(self) -> list[Problem]:
+        """Re-read the mapping folder; swap the rules in only if it compiles without problems.
+
+        A broken file is reported and the previous rules stay in force: never a half-loaded
+        rule set.
+        """
+        ruleset, problems = compile_folder(self.settings.mappings_dir)
+        if problems or ruleset is None:
+            log.error(
+                "mappings_reload_failed",
+                problems=len(problems),
+                first=str(problems[0]) if problems else None,
+            )
+            return problems
+        self.rules = ruleset
+        self.ingestor.rules = ruleset
+        log.info("mappings_reloaded", rules=len(ruleset.rules))
+        return []
+
+    def _mappings_stamp(self) -> tuple[tuple[str, float], ...]:
+        folder = self.settings.mappings_dir
+        files = [p for p in folder.rglob("*") if p.is_file() and p.suffix in MAPPING_SUFFIXES]
+        return tuple(sorted((str(p), p.stat().st_mtime) for p in files))
+
+    async def _watch_mappings(self, stop: asyncio.Event) -> None:
+        interval = self.settings.mappings_reload_interval
+        if not interval:
+            return
+        stamp = await asyncio.to_thread(self._mappings_stamp)
+        while not await _wait(stop, interval):
+            current = await asyncio.to_thread(self._mappings_stamp)
+            if current != stamp:
+                stamp = current
+                await asyncio.to_thread(self.reload_rules)
+
+    async def _sweep(self, stop: asyncio.Event) -> None:
+        interval = self.settings.reevaluate_interval
+        if not interval:
+            return
+        while not await _wait(stop, interval):
+            result = await asyncio.to_thread(self.ingestor.reevaluate)
+            log.info(
+                "rules_reevaluated",
+                tasks_created=result.tasks_created,
+                tasks_closed=result.tasks_closed,
+                rule_errors=result.rule_errors,
+            )
 
     def close(self) -> None:
         """Close the store."""
@@ -101,6 +150,7 @@ class Bridge:
             jobs = []
             if sync:
                 jobs += [self._poll(s, clients[s.name], stop) for s in self.settings.sources]
+                jobs += [self._watch_mappings(stop), self._sweep(stop)]
             if writeback:
                 wb_clients = {s.name: clients[s.name] for s in self.settings.sources if s.writeback}
                 delivery = Delivery(self.store, wb_clients, self.settings.writeback, self.clock)
@@ -110,7 +160,13 @@ class Bridge:
     async def _poll(self, source: SourceConfig, client: FhirClient, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await self._sync_with(source, client, full=False, progress=None)
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=source.poll_interval)
-            except TimeoutError:
-                pass
+            await _wait(stop, source.poll_interval)
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep up to `seconds`; True as soon as `stop` is set."""
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        return False
+    return True

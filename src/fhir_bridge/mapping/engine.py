@@ -1,52 +1,238 @@
-"""Compile mapping rules once, evaluate them against resources, produce task drafts.
+"""Load mapping folders into a `RuleSet`; evaluate rules against resources.
 
-Pure: no HTTP, no storage. FHIRPath is `fhirpathpy`, compiled once per expression at load
-time so a typo fails at start-up with file, rule and key, not on the first message.
+Pure: no HTTP, no storage. A rule that needs the patient's other resources gets them through
+the small `Lookup` interface the caller hands in. Every FHIRPath is compiled once at load
+time; every problem is reported with `file:line:column: rule: key: message`.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
-from fhirpathpy import compile as fhirpath_compile
-from fhirpathpy.models import models
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from fhir_bridge.errors import MappingError
 from fhir_bridge.logging import get_logger
-from fhir_bridge.mapping.model import MappingFile, Rule
-from fhir_bridge.mapping.syntax import fhirpath_syntax_errors
-from fhir_bridge.tasks.model import TaskDraft
+from fhir_bridge.mapping.conceptmaps import ConceptMaps
+from fhir_bridge.mapping.expr import (
+    Expr,
+    ExpressionError,
+    Functions,
+    Template,
+    compile_expr,
+    compile_template,
+)
+from fhir_bridge.mapping.locate import Positions
+from fhir_bridge.mapping.model import MappingFile, Queue, QueuesFile, Rule
+from fhir_bridge.tasks.model import Priority, TaskDraft, TaskStatus, task_id
 from fhir_bridge.validate.parse import is_known_type
 
 log = get_logger("mapping")
 
-FhirPath = Callable[[dict[str, Any], dict[str, Any]], list[Any]]
-_INTERPOLATION = re.compile(r"\{\{(.+?)\}\}")
-_R4 = models["r4"]
+QUEUES_FILE = "queues.yaml"
+CONCEPTMAPS_DIR = "conceptmaps"
+TESTS_DIR = "tests"
+_PRIORITIES = {p.value for p in Priority}
 
 
-def _compile(expr: str, *, file: str, rule: str, key: str) -> FhirPath:
-    errors = fhirpath_syntax_errors(expr)
-    if errors:
-        message = f"FHIRPath does not compile: {expr!r}: {'; '.join(errors)}"
-        raise MappingError(message, file=file, rule=rule, key=key)
-    try:
-        fn: FhirPath = fhirpath_compile(expr, model=_R4)
-    except Exception as exc:
-        raise MappingError(
-            f"FHIRPath does not compile: {exc}", file=file, rule=rule, key=key
-        ) from None
-    return fn
+class Lookup(Protocol):
+    """Access to resources already in the store, for rules with `related`."""
+
+    def for_patient(self, resource_type: str, patient: str) -> list[dict[str, Any]]:
+        """The patient's resources of `resource_type` (from the same source)."""
 
 
-def _parse_when(value: Any) -> datetime | None:
+class NoLookup:
+    """A lookup that knows nothing (explain and tests without a store)."""
+
+    def __init__(self, resources: Iterable[dict[str, Any]] = ()) -> None:
+        self.resources = list(resources)
+
+    def for_patient(self, resource_type: str, patient: str) -> list[dict[str, Any]]:
+        """Resources given at construction whose patient reference is `patient`."""
+        from fhir_bridge.patients.refs import patient_reference
+
+        return [
+            r
+            for r in self.resources
+            if r.get("resourceType") == resource_type and patient_reference(r) == patient
+        ]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a mapping file."""
+
+    file: str
+    line: int
+    column: int
+    rule: str | None
+    key: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}: {self.rule or '-'}: "
+        return where + (f"{self.key}: " if self.key else "") + self.message
+
+
+@dataclass(frozen=True)
+class CloseCase:
+    """A compiled `close_when` case."""
+
+    condition: Expr | None
+    status: TaskStatus
+    reason: str
+
+
+@dataclass
+class Evaluation:
+    """Everything one rule computed for one resource (explain shows it all)."""
+
+    rule_id: str
+    values: dict[str, Any] = field(default_factory=dict)
+    matched: bool = False
+    draft: TaskDraft | None = None
+    close: CloseCase | None = None
+    reason: str = ""
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class CompiledRule:
+    """A rule with every expression compiled."""
+
+    rule: Rule
+    file: str
+    lets: tuple[tuple[str, Expr], ...]
+    related: tuple[tuple[str, str, Expr | None], ...]
+    when: Expr
+    patient: Expr
+    title: Template
+    description: Template | None
+    labels: tuple[Template, ...]
+    assignee: Template | None
+    priority: Priority | Expr
+    due: Expr | None
+    close_cases: tuple[CloseCase, ...]
+    on_status: Mapping[TaskStatus, tuple[dict[str, Any], ...]]
+
+    @property
+    def id(self) -> str:
+        """The rule id."""
+        return self.rule.id
+
+    @property
+    def resource_type(self) -> str:
+        """The resource type the rule reads."""
+        return self.rule.resource
+
+    def task_id(self, source: str, resource: Mapping[str, Any]) -> str:
+        """The id the task for `resource` has (whether or not it exists)."""
+        return task_id(self.id, source, self.resource_type, str(resource.get("id")))
+
+    def evaluate(
+        self,
+        resource: dict[str, Any],
+        source: str,
+        now: datetime,
+        lookup: Lookup,
+    ) -> Evaluation:
+        """Evaluate the rule on `resource`: a draft when `when` holds, else the close case."""
+        ev = Evaluation(self.id)
+        env: dict[str, Any] = {"now": now.astimezone(UTC).isoformat(), "source": source}
+        step = "let"
+        try:
+            for name, expr in self.lets:
+                step = f"let.{name}"
+                env[name] = ev.values[f"%{name}"] = expr(resource, env)
+            step = "task.patient"
+            patient_values = self.patient(resource, env)
+            patient = str(patient_values[0]) if patient_values else None
+            ev.values["task.patient"] = patient_values
+            for name, rtype, where in self.related:
+                step = f"related.{name}"
+                found = lookup.for_patient(rtype, patient) if patient else []
+                if where is not None:
+                    found = [r for r in found if where(r, env) == [True]]
+                env[name] = found
+                ev.values[f"%{name}"] = [f"{r['resourceType']}/{r.get('id')}" for r in found]
+            step = "when"
+            result = self.when(resource, env)
+            ev.values["when"] = result
+            ev.matched = result == [True]
+            if ev.matched:
+                step = "task"
+                ev.draft = self._draft(resource, source, env, patient, ev)
+                ev.reason = "'when' is true"
+            else:
+                ev.reason = "'when' is not true" + ("" if result else " (empty)")
+                step = "close_when"
+                ev.close = self._close_case(resource, env, ev)
+        except Exception as exc:  # fhirpathpy raises bare Exception at run time
+            ev.error = f"{step}: {type(exc).__name__}: {exc}"
+            ev.reason = f"evaluation failed at {step}"
+            ev.matched = False
+            ev.draft = None
+            ev.close = None
+        return ev
+
+    def _close_case(
+        self, resource: dict[str, Any], env: dict[str, Any], ev: Evaluation
+    ) -> CloseCase | None:
+        for index, case in enumerate(self.close_cases):
+            if case.condition is None:
+                return case
+            holds = case.condition(resource, env)
+            ev.values[f"close_when[{index}]"] = holds
+            if holds == [True]:
+                return case
+        return None
+
+    def _draft(
+        self,
+        resource: dict[str, Any],
+        source: str,
+        env: dict[str, Any],
+        patient: str | None,
+        ev: Evaluation,
+    ) -> TaskDraft:
+        if isinstance(self.priority, Priority):
+            priority = self.priority
+        else:
+            value = self.priority(resource, env)
+            ev.values["task.priority"] = value
+            if not value or str(value[0]) not in _PRIORITIES:
+                raise ValueError(f"priority expression gave {value!r}, not one of {_PRIORITIES}")
+            priority = Priority(str(value[0]))
+        due_values = self.due(resource, env) if self.due else []
+        ev.values["task.due"] = due_values
+        title = self.title.render(resource, env)
+        labels = tuple(sorted({t.render(resource, env) for t in self.labels} - {""}))
+        tpl = self.rule.task
+        return TaskDraft(
+            rule_id=self.id,
+            source=source,
+            focus_type=self.resource_type,
+            focus_id=str(resource["id"]),
+            focus_version=(resource.get("meta") or {}).get("versionId"),
+            patient=patient,
+            queue=tpl.queue,
+            kind=tpl.kind,
+            title=title,
+            priority=priority,
+            due=parse_when(due_values[0]) if due_values else None,
+            description=self.description.render(resource, env) if self.description else None,
+            labels=labels,
+            assignee=(self.assignee.render(resource, env) or None) if self.assignee else None,
+        )
+
+
+def parse_when(value: Any) -> datetime | None:
     """A FHIRPath date/dateTime result as an aware datetime (dates at 00:00 UTC)."""
     text = str(value)
     if len(text) == 4:
@@ -60,123 +246,40 @@ def _parse_when(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-@dataclass(frozen=True)
-class CompiledRule:
-    """A rule with its FHIRPath expressions compiled."""
-
-    rule: Rule
-    file: str
-    when: FhirPath
-    patient: FhirPath
-    due: FhirPath | None
-    title_parts: tuple[str | FhirPath, ...]
-
-    @property
-    def id(self) -> str:
-        """The rule id."""
-        return self.rule.id
-
-    @classmethod
-    def build(cls, rule: Rule, file: str) -> CompiledRule:
-        """Compile every expression of `rule`."""
-        if not is_known_type(rule.resource):
-            raise MappingError(
-                f"unknown FHIR resource type {rule.resource!r}",
-                file=file,
-                rule=rule.id,
-                key="resource",
-            )
-        parts: list[str | FhirPath] = []
-        pos = 0
-        for match in _INTERPOLATION.finditer(rule.task.title):
-            parts.append(rule.task.title[pos : match.start()])
-            parts.append(
-                _compile(match.group(1).strip(), file=file, rule=rule.id, key="task.title")
-            )
-            pos = match.end()
-        parts.append(rule.task.title[pos:])
-        return cls(
-            rule=rule,
-            file=file,
-            when=_compile(rule.when, file=file, rule=rule.id, key="when"),
-            patient=_compile(rule.task.patient, file=file, rule=rule.id, key="task.patient"),
-            due=_compile(rule.task.due, file=file, rule=rule.id, key="task.due")
-            if rule.task.due
-            else None,
-            title_parts=tuple(parts),
-        )
-
-    def matches(self, resource: dict[str, Any], env: dict[str, Any]) -> bool:
-        """True when `when` evaluates to exactly `true`."""
-        return self.when(resource, env) == [True]
-
-    def draft(self, resource: dict[str, Any], source: str, env: dict[str, Any]) -> TaskDraft:
-        """The task draft for a matching resource."""
-        patient = self.patient(resource, env)
-        due = self.due(resource, env) if self.due else []
-        title = "".join(
-            p if isinstance(p, str) else ", ".join(str(v) for v in p(resource, env))
-            for p in self.title_parts
-        )
-        tpl = self.rule.task
-        return TaskDraft(
-            rule_id=self.rule.id,
-            source=source,
-            focus_type=resource["resourceType"],
-            focus_id=resource["id"],
-            focus_version=(resource.get("meta") or {}).get("versionId"),
-            patient=str(patient[0]) if patient else None,
-            queue=tpl.queue,
-            kind=tpl.kind,
-            title=title.strip(),
-            priority=tpl.priority,
-            due=_parse_when(due[0]) if due else None,
-        )
-
-
-@dataclass(frozen=True)
-class Decision:
-    """One rule's verdict on one resource: a draft, or None with the reason."""
-
-    rule_id: str
-    draft: TaskDraft | None
-    reason: str
-
-
 class RuleSet:
-    """All rules loaded from the mapping files, indexed by resource type."""
+    """All rules of a mapping folder, indexed by resource type, with their queues."""
 
-    def __init__(self, rules: Iterable[CompiledRule]) -> None:
+    def __init__(
+        self,
+        rules: Iterable[CompiledRule],
+        queues: Mapping[str, Queue] | None = None,
+        folder: Path | None = None,
+    ) -> None:
         self.rules = list(rules)
+        self.queue_info = dict(queues or {})
+        self.folder = folder
         self._by_type: dict[str, list[CompiledRule]] = {}
+        self._dependents: dict[str, list[CompiledRule]] = {}
         for rule in self.rules:
-            self._by_type.setdefault(rule.rule.resource, []).append(rule)
+            self._by_type.setdefault(rule.resource_type, []).append(rule)
+            for _, rtype, _ in rule.related:
+                self._dependents.setdefault(rtype, []).append(rule)
 
     @classmethod
     def load(cls, folder: Path) -> RuleSet:
-        """Load every `*.yaml`/`*.yml` file in `folder` (sorted by name).
-
-        :raises MappingError: naming the file, rule and key of the first problem.
-        """
-        if not folder.is_dir():
-            raise MappingError("mappings folder not found", file=str(folder))
-        files = sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
-        if not files:
-            raise MappingError("no mapping files (*.yaml) in folder", file=str(folder))
-        compiled: list[CompiledRule] = []
-        seen: dict[str, str] = {}
-        for path in files:
-            for rule in _read_file(path):
-                if rule.id in seen:
-                    raise MappingError(
-                        f"duplicate rule id (first defined in {seen[rule.id]})",
-                        file=str(path),
-                        rule=rule.id,
-                        key="id",
-                    )
-                seen[rule.id] = str(path)
-                compiled.append(CompiledRule.build(rule, str(path)))
-        return cls(compiled)
+        """Load a mapping folder; raise `MappingError` listing every problem."""
+        ruleset, problems = compile_folder(folder)
+        if problems:
+            first = problems[0]
+            more = "".join(f"\n  {p}" for p in problems[1:])
+            raise MappingError(
+                f"{first.message}{more}",
+                file=f"{first.file}:{first.line}:{first.column}",
+                rule=first.rule,
+                key=first.key,
+            )
+        assert ruleset is not None  # noqa: S101  (no problems means a rule set)
+        return ruleset
 
     @property
     def resource_types(self) -> set[str]:
@@ -185,60 +288,314 @@ class RuleSet:
 
     @property
     def queues(self) -> set[str]:
-        """The queues some rule fills."""
-        return {r.rule.task.queue for r in self.rules}
+        """Declared queues plus the queues rules fill."""
+        return set(self.queue_info) | {r.rule.task.queue for r in self.rules}
 
-    def decide(self, resource: dict[str, Any], source: str, now: datetime) -> list[Decision]:
-        """Every applicable rule's verdict on `resource`, evaluated at `now`."""
-        env = {"now": now.astimezone(UTC).isoformat()}
-        decisions = []
-        for rule in self._by_type.get(resource.get("resourceType", ""), ()):
-            try:
-                if rule.matches(resource, env):
-                    decisions.append(
-                        Decision(rule.id, rule.draft(resource, source, env), "matched")
-                    )
-                else:
-                    decisions.append(Decision(rule.id, None, "condition 'when' is not true"))
-            except Exception as exc:
-                log.warning(
-                    "rule_evaluation_failed",
-                    rule=rule.id,
-                    resource_type=resource.get("resourceType"),
-                    resource_id=resource.get("id"),
-                    error=type(exc).__name__,
-                )
-                decisions.append(
-                    Decision(rule.id, None, f"evaluation failed: {type(exc).__name__}")
-                )
-        return decisions
+    def get(self, rule_id: str) -> CompiledRule | None:
+        """The rule with that id, or None."""
+        return next((r for r in self.rules if r.id == rule_id), None)
 
-    def evaluate(self, resource: dict[str, Any], source: str, now: datetime) -> list[TaskDraft]:
-        """The task drafts `resource` calls for."""
-        return [d.draft for d in self.decide(resource, source, now) if d.draft is not None]
+    def for_type(self, resource_type: str) -> list[CompiledRule]:
+        """Rules that read `resource_type`."""
+        return self._by_type.get(resource_type, [])
+
+    def dependents(self, resource_type: str) -> list[CompiledRule]:
+        """Rules whose `related` reads `resource_type` (re-evaluated when one changes)."""
+        return self._dependents.get(resource_type, [])
+
+    def evaluate(
+        self,
+        resource: dict[str, Any],
+        source: str,
+        now: datetime,
+        lookup: Lookup | None = None,
+    ) -> list[TaskDraft]:
+        """The task drafts `resource` calls for (all rules of its type)."""
+        drafts = []
+        for rule in self.for_type(str(resource.get("resourceType", ""))):
+            ev = rule.evaluate(resource, source, now, lookup or NoLookup())
+            if ev.draft is not None:
+                drafts.append(ev.draft)
+        return drafts
 
 
-def _read_file(path: Path) -> list[Rule]:
+# -- loading --------------------------------------------------------------------------------
+
+
+@dataclass
+class _FileContext:
+    path: Path
+    positions: Positions
+    problems: list[Problem]
+
+    def add(self, loc: Sequence[str | int], rule: str | None, key: str | None, msg: str) -> None:
+        line, column = self.positions.of(loc)
+        self.problems.append(Problem(str(self.path), line, column, rule, key, msg))
+
+
+def _read(path: Path, problems: list[Problem]) -> tuple[Any, Positions] | None:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        problems.append(Problem(str(path), 1, 1, None, None, f"cannot read: {exc.strerror}"))
+        return None
+    try:
+        return yaml.safe_load(text), Positions(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise MappingError(f"YAML syntax error: {exc.problem}", file=where) from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise MappingError(f"cannot read: {exc}", file=str(path)) from None
-    try:
-        return MappingFile.model_validate(data).rules
-    except ValidationError as exc:
-        err = exc.errors(include_input=False)[0]
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problems.append(Problem(str(path), line, col, None, None, f"YAML syntax: {exc.problem}"))
+    except yaml.YAMLError as exc:
+        problems.append(Problem(str(path), 1, 1, None, None, f"YAML syntax: {exc}"))
+    return None
+
+
+def _schema_problems(exc: ValidationError, data: Any, ctx: _FileContext, top: str) -> None:
+    for err in exc.errors(include_input=False):
         loc = list(err["loc"])
         rule = None
-        if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int):
-            raw = data["rules"][loc[1]] if isinstance(data, dict) else None
-            rule = (
-                str(raw.get("id")) if isinstance(raw, dict) and raw.get("id") else f"#{loc[1] + 1}"
+        rest = loc
+        if len(loc) >= 2 and loc[0] == top and isinstance(loc[1], int):
+            raw = data[top][loc[1]] if isinstance(data, dict) else None
+            rule = str(raw["id"]) if isinstance(raw, dict) and raw.get("id") else f"#{loc[1] + 1}"
+            rest = loc[2:]
+        # Pydantic adds the union member's name to the location of tagged unions: drop them.
+        key = ".".join(str(p) for p in rest if not _is_union_tag(p)) or None
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+            line, column = ctx.positions.key(loc)
+            ctx.problems.append(Problem(str(ctx.path), line, column, rule, key, msg))
+            continue
+        if err["type"] == "missing":
+            msg = "required key is missing"
+        ctx.add(loc, rule, key, msg)
+
+
+def _is_union_tag(part: object) -> bool:
+    """Pydantic puts the union member's name into error locations (`tuple[...]`, `literal[...]`)."""
+    return isinstance(part, str) and ("[" in part or part == "CloseWhen")
+
+
+def _load_queues(folder: Path, problems: list[Problem]) -> dict[str, Queue]:
+    path = folder / QUEUES_FILE
+    if not path.is_file():
+        problems.append(
+            Problem(str(path), 1, 1, None, None, "missing: declare the queues rules may fill")
+        )
+        return {}
+    read = _read(path, problems)
+    if read is None:
+        return {}
+    data, positions = read
+    try:
+        return dict(QueuesFile.model_validate(data).queues)
+    except ValidationError as exc:
+        _schema_problems(exc, data, _FileContext(path, positions, problems), "queues")
+        return {}
+
+
+def rule_files(folder: Path) -> list[Path]:
+    """The rule files of a mapping folder (every *.yaml but queues.yaml), sorted."""
+    files = [*folder.glob("*.yaml"), *folder.glob("*.yml")]
+    return sorted(p for p in files if p.name != QUEUES_FILE)
+
+
+def compile_folder(
+    folder: Path, files: Sequence[Path] | None = None
+) -> tuple[RuleSet | None, list[Problem]]:
+    """Compile a mapping folder (or some of its files); return the rules and every problem."""
+    problems: list[Problem] = []
+    if not folder.is_dir():
+        return None, [Problem(str(folder), 1, 1, None, None, "mappings folder not found")]
+    queues = _load_queues(folder, problems)
+    try:
+        concept_maps = ConceptMaps.load(folder / CONCEPTMAPS_DIR)
+    except MappingError as exc:
+        problems.append(Problem(exc.file, 1, 1, None, None, str(exc).split(": ", 1)[-1]))
+        concept_maps = ConceptMaps()
+    functions = concept_maps.functions()
+    paths = list(files) if files is not None else rule_files(folder)
+    if not paths:
+        problems.append(Problem(str(folder), 1, 1, None, None, "no mapping files (*.yaml)"))
+    compiled: list[CompiledRule] = []
+    seen: dict[str, str] = {}
+    for path in paths:
+        read = _read(path, problems)
+        if read is None:
+            continue
+        data, positions = read
+        ctx = _FileContext(path, positions, problems)
+        try:
+            rules = MappingFile.model_validate(data).rules
+        except ValidationError as exc:
+            _schema_problems(exc, data, ctx, "rules")
+            continue
+        for index, rule in enumerate(rules):
+            loc: list[str | int] = ["rules", index]
+            if rule.id in seen:
+                ctx.add([*loc, "id"], rule.id, "id", f"duplicate rule id (also in {seen[rule.id]})")
+                continue
+            seen[rule.id] = str(path)
+            if queues and rule.task.queue not in queues:
+                known = ", ".join(sorted(queues))
+                ctx.add(
+                    [*loc, "task", "queue"],
+                    rule.id,
+                    "task.queue",
+                    f"unknown queue {rule.task.queue!r} (declared in {QUEUES_FILE}: {known})",
+                )
+            built = _compile_rule(rule, ctx, loc, functions)
+            if built is not None:
+                compiled.append(built)
+    if problems:
+        return None, problems
+    return RuleSet(compiled, queues, folder), []
+
+
+def _compile_rule(
+    rule: Rule, ctx: _FileContext, loc: list[str | int], functions: Functions
+) -> CompiledRule | None:
+    before = len(ctx.problems)
+    rtype = rule.resource
+    if not is_known_type(rtype):
+        ctx.add([*loc, "resource"], rule.id, "resource", f"unknown FHIR resource type {rtype!r}")
+        return None
+    names: list[str] = []
+
+    def expr(text: str, key: Sequence[str | int], on: str | None = rtype) -> Expr | None:
+        try:
+            return compile_expr(text, on, names, functions)
+        except ExpressionError as exc:
+            ctx.add([*loc, *key], rule.id, ".".join(map(str, key)), f"FHIRPath: {exc}")
+            return None
+
+    def template(text: str | None, key: Sequence[str | int]) -> Template | None:
+        if text is None:
+            return None
+        try:
+            return compile_template(text, rtype, names, functions)
+        except ExpressionError as exc:
+            ctx.add([*loc, *key], rule.id, ".".join(map(str, key)), f"FHIRPath: {exc}")
+            return None
+
+    lets = []
+    for name, text in rule.let.items():
+        compiled = expr(text, ["let", name])
+        names.append(name)
+        if compiled is not None:
+            lets.append((name, compiled))
+    patient = expr(rule.task.patient, ["task", "patient"])
+    related = []
+    for name, rel in rule.related.items():
+        if not is_known_type(rel.resource):
+            ctx.add(
+                [*loc, "related", name, "resource"],
+                rule.id,
+                f"related.{name}.resource",
+                f"unknown FHIR resource type {rel.resource!r}",
             )
-            loc = loc[2:]
-        key = ".".join(str(p) for p in loc) or None
-        extra = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
-        raise MappingError(err["msg"] + extra, file=str(path), rule=rule, key=key) from None
+            continue
+        where = expr(rel.where, ["related", name, "where"], rel.resource) if rel.where else None
+        related.append((name, rel.resource, where))
+        names.append(name)
+    when = expr(rule.when, ["when"])
+    tpl = rule.task
+    priority: Priority | Expr | None
+    if tpl.priority in _PRIORITIES:
+        priority = Priority(tpl.priority)
+    else:
+        priority = expr(tpl.priority, ["task", "priority"])
+    due = expr(tpl.due, ["task", "due"]) if tpl.due else None
+    title = template(tpl.title, ["task", "title"])
+    description = template(tpl.description, ["task", "description"])
+    labels = tuple(
+        t for i, text in enumerate(tpl.labels) if (t := template(text, ["task", "labels", i]))
+    )
+    assignee = template(tpl.assignee, ["task", "assignee"])
+    cases = _close_cases(rule, expr)
+    on_status = _on_status(rule, ctx, loc, expr)
+    if len(ctx.problems) > before:
+        return None
+    assert when and patient and title and priority is not None  # noqa: S101  (no problems)
+    return CompiledRule(
+        rule=rule,
+        file=str(ctx.path),
+        lets=tuple(lets),
+        related=tuple(related),
+        when=when,
+        patient=patient,
+        title=title,
+        description=description,
+        labels=labels,
+        assignee=assignee,
+        priority=priority,
+        due=due,
+        close_cases=cases,
+        on_status=on_status,
+    )
+
+
+def _close_cases(rule: Rule, expr: Any) -> tuple[CloseCase, ...]:
+    if rule.close_when == "never":
+        return ()
+    cases = []
+    for index, case in enumerate(rule.close_when):
+        condition = (
+            expr(case.condition, ["close_when", index, "condition"]) if case.condition else None
+        )
+        cases.append(CloseCase(condition, TaskStatus(case.status), case.reason))
+    return tuple(cases)
+
+
+def _on_status(
+    rule: Rule, ctx: _FileContext, loc: list[str | int], expr: Any
+) -> dict[TaskStatus, tuple[dict[str, Any], ...]]:
+    """Validate `on_status` actions (write-back executes them); keep them as plain data."""
+    out: dict[TaskStatus, tuple[dict[str, Any], ...]] = {}
+    for status, actions in rule.on_status.items():
+        kept = []
+        for index, action in enumerate(actions):
+            key: list[str | int] = ["on_status", status.value, index]
+            if action.update_focus is not None:
+                for path, value in action.update_focus.set.items():
+                    expr(path, [*key, "update_focus", "set", path])
+                    expr(value, [*key, "update_focus", "set", path])
+            elif action.task_output is not None:
+                expr(action.task_output.value, [*key, "task_output", "value"])
+            elif action.create is not None:
+                created = action.create.resourceType
+                if not is_known_type(created):
+                    ctx.add(
+                        [*loc, *key, "create", "resourceType"],
+                        rule.id,
+                        f"on_status.{status.value}.{index}.create.resourceType",
+                        f"unknown FHIR resource type {created!r}",
+                    )
+                _templates_in(action.create, key, expr)
+            kept.append(action.model_dump(mode="json", exclude_none=True))
+        out[status] = tuple(kept)
+    return out
+
+
+def _templates_in(model: BaseModel, key: list[str | int], expr: Any) -> None:
+    """Compile every `{{ }}` part inside a `create` template (validation only)."""
+    from fhir_bridge.mapping.expr import _INTERPOLATION
+
+    def walk(value: Any, path: list[str | int]) -> None:
+        if isinstance(value, str):
+            for match in _INTERPOLATION.finditer(value):
+                expr(match.group(1).strip(), path, None)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, [*path, k])
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, [*path, i])
+
+    walk(model.model_dump(mode="json"), [*key, "create"])
+
+
+def load_error_summary(problems: Sequence[Problem]) -> str:
+    """All problems, one per line (for logs and the CLI)."""
+    return "\n".join(str(p) for p in problems)

@@ -102,6 +102,21 @@ class Store(abc.ABC):
         """The stored latest version, or None."""
 
     @abc.abstractmethod
+    def resources_for_patient(
+        self, source: str, patient: str, resource_type: str | None = None
+    ) -> list[StoredResource]:
+        """The stored resources of one source about `patient` (`Patient/<id>`), by type and id.
+
+        The engine derives each resource's patient with `patients.refs.patient_reference`.
+        """
+
+    @abc.abstractmethod
+    def iter_resources(
+        self, resource_type: str, source: str | None = None
+    ) -> Iterator[StoredResource]:
+        """Every stored resource of a type (all sources, or one), in pages."""
+
+    @abc.abstractmethod
     def resource_counts(self, source: str | None = None) -> dict[str, int]:
         """Number of stored resources per type (all sources, or one)."""
 

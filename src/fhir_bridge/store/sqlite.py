@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fhir_bridge.errors import StoreError, TaskNotFound
+from fhir_bridge.patients.refs import patient_reference
 from fhir_bridge.store.base import QuarantineEntry, Store, StoredResource, TaskPage, TaskUpsert
 from fhir_bridge.tasks.model import (
     OutboxEntry,
@@ -32,16 +33,17 @@ from fhir_bridge.tasks.model import (
     TaskStatus,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS resources (
     source TEXT NOT NULL, type TEXT NOT NULL, id TEXT NOT NULL,
     version_id TEXT, last_updated TEXT, hash TEXT NOT NULL, body TEXT NOT NULL,
-    stored_at TEXT NOT NULL,
+    stored_at TEXT NOT NULL, patient TEXT,
     PRIMARY KEY (source, type, id)
 );
+CREATE INDEX IF NOT EXISTS resources_patient ON resources (source, patient, type);
 CREATE TABLE IF NOT EXISTS cursors (
     source TEXT NOT NULL, type TEXT NOT NULL, value TEXT NOT NULL, updated_at TEXT NOT NULL,
     PRIMARY KEY (source, type)
@@ -58,6 +60,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     priority TEXT NOT NULL, priority_rank INTEGER NOT NULL, due TEXT,
     status TEXT NOT NULL, assignee TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
     version INTEGER NOT NULL, mirror_id TEXT, mirror_version TEXT,
+    description TEXT, labels TEXT NOT NULL DEFAULT '[]',
     UNIQUE (rule_id, source, focus_type, focus_id)
 );
 CREATE INDEX IF NOT EXISTS tasks_queue ON tasks (queue, status, priority_rank DESC, due, id);
@@ -80,10 +83,11 @@ CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (status, task_id, id);
 _PRIORITY_RANK = {Priority.ROUTINE: 0, Priority.URGENT: 1, Priority.ASAP: 2, Priority.STAT: 3}
 _TASK_COLUMNS = (
     "id, rule_id, source, focus_type, focus_id, focus_version, patient, queue, kind, title, "
-    "priority, due, status, assignee, created_at, updated_at, version, mirror_id, mirror_version"
+    "priority, due, status, assignee, created_at, updated_at, version, mirror_id, mirror_version, "
+    "description, labels"
 )
 _TASK_INSERT = "INSERT OR REPLACE INTO tasks ({}) VALUES ({})".format(  # noqa: S608 (constants)
-    _TASK_COLUMNS.replace("priority,", "priority, priority_rank,"), ", ".join("?" * 20)
+    _TASK_COLUMNS.replace("priority,", "priority, priority_rank,"), ", ".join("?" * 22)
 )
 
 
@@ -122,6 +126,8 @@ def _task_from_row(row: sqlite3.Row) -> Task:
         version=row["version"],
         mirror_id=row["mirror_id"],
         mirror_version=row["mirror_version"],
+        description=row["description"],
+        labels=tuple(json.loads(row["labels"])),
     )
 
 
@@ -147,6 +153,20 @@ def _task_params(task: Task) -> tuple[Any, ...]:
         task.version,
         task.mirror_id,
         task.mirror_version,
+        task.description,
+        json.dumps(list(task.labels)),
+    )
+
+
+def _resource_from_row(r: sqlite3.Row) -> StoredResource:
+    return StoredResource(
+        source=r["source"],
+        resource_type=r["type"],
+        id=r["id"],
+        version_id=r["version_id"],
+        last_updated=r["last_updated"],
+        content_hash=r["hash"],
+        body=json.loads(r["body"]),
     )
 
 
@@ -187,8 +207,18 @@ class SqliteStore(Store):
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
             )
+            found = self._db.execute(
+                "SELECT value FROM meta WHERE key = 'schema_version'"
+            ).fetchone()[0]
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite store {self.path}: {exc}") from exc
+        if int(found) != SCHEMA_VERSION:
+            self._db.close()
+            raise StoreError(
+                f"SQLite store {self.path} has schema version {found}, this fhir_bridge needs "
+                f"{SCHEMA_VERSION}: move the file aside and sync again "
+                "(stores before 1.0 are not migrated)"
+            )
         self._lock = threading.RLock()
         self._depth = 0
 
@@ -255,7 +285,7 @@ class SqliteStore(Store):
                 if row is not None and row["hash"] == content_hash:
                     return False
                 db.execute(
-                    "INSERT OR REPLACE INTO resources VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO resources VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         source,
                         rtype,
@@ -265,6 +295,7 @@ class SqliteStore(Store):
                         content_hash,
                         json.dumps(resource, separators=(",", ":")),
                         _now(),
+                        patient_reference(resource),
                     ),
                 )
                 return True
@@ -278,18 +309,38 @@ class SqliteStore(Store):
             "SELECT * FROM resources WHERE source=? AND type=? AND id=?",
             (source, resource_type, resource_id),
         )
-        if not rows:
-            return None
-        r = rows[0]
-        return StoredResource(
-            source=r["source"],
-            resource_type=r["type"],
-            id=r["id"],
-            version_id=r["version_id"],
-            last_updated=r["last_updated"],
-            content_hash=r["hash"],
-            body=json.loads(r["body"]),
-        )
+        return _resource_from_row(rows[0]) if rows else None
+
+    def resources_for_patient(
+        self, source: str, patient: str, resource_type: str | None = None
+    ) -> list[StoredResource]:
+        if resource_type is None:
+            rows = self._read(
+                "SELECT * FROM resources WHERE source=? AND patient=? ORDER BY type, id",
+                (source, patient),
+            )
+        else:
+            rows = self._read(
+                "SELECT * FROM resources WHERE source=? AND patient=? AND type=? ORDER BY id",
+                (source, patient, resource_type),
+            )
+        return [_resource_from_row(r) for r in rows]
+
+    def iter_resources(
+        self, resource_type: str, source: str | None = None
+    ) -> Iterator[StoredResource]:
+        last = ("", "")
+        while True:
+            clauses = "type=? AND (source, id) > (?, ?)" + (" AND source=?" if source else "")
+            params: list[Any] = [resource_type, *last] + ([source] if source else [])
+            rows = self._read(
+                f"SELECT * FROM resources WHERE {clauses} ORDER BY source, id LIMIT 500",  # noqa: S608
+                params,
+            )
+            if not rows:
+                return
+            yield from (_resource_from_row(r) for r in rows)
+            last = (rows[-1]["source"], rows[-1]["id"])
 
     def resource_counts(self, source: str | None = None) -> dict[str, int]:
         if source is None:

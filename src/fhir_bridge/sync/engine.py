@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, timedelta
 
@@ -25,6 +25,7 @@ from fhir_bridge.config import SourceConfig
 from fhir_bridge.errors import FhirRequestError
 from fhir_bridge.fhir import FhirClient, Page
 from fhir_bridge.logging import get_logger
+from fhir_bridge.mapping.engine import RuleSet
 from fhir_bridge.sync.ingest import Ingestor, IngestResult, parse_instant
 
 log = get_logger("sync")
@@ -132,7 +133,8 @@ async def sync_type(
     report = TypeReport(resource_type)
     store = ingestor.store
     started = time.perf_counter()
-    cursor = None if full else await asyncio.to_thread(store.get_cursor, source.name, resource_type)
+    stored_cursor = await asyncio.to_thread(store.get_cursor, source.name, resource_type)
+    cursor = None if full else stored_cursor
     params = [("_count", str(source.page_size)), ("_sort", "_lastUpdated")]
     if cursor:
         params.append(("_lastUpdated", since_param(cursor, source.overlap)))
@@ -145,7 +147,11 @@ async def sync_type(
                 page.resources, report.result.max_last_updated
             )
             result = await asyncio.to_thread(
-                ingestor.ingest, source.name, page.resources, resource_type
+                ingestor.ingest,
+                source.name,
+                page.resources,
+                resource_type,
+                initial=stored_cursor is None,
             )
             report.result.add(result)
             if sorted_so_far and report.result.max_last_updated:
@@ -187,6 +193,35 @@ async def sync_type(
     return report
 
 
+def dependency_order(resource_types: Sequence[str], rules: RuleSet) -> list[str]:
+    """`resource_types` reordered so the types rules read through `related` come first.
+
+    A booked Appointment is judged against the patient's Coverage; syncing Coverage first
+    spares a first load from opening tasks that the next page would close again.
+    Otherwise the configured order is kept.
+    """
+    wanted = list(dict.fromkeys(resource_types))
+    needs = {
+        t: {rtype for rule in rules.for_type(t) for _, rtype, _ in rule.related if rtype in wanted}
+        for t in wanted
+    }
+    ordered: list[str] = []
+    visiting: set[str] = set()
+
+    def visit(rtype: str) -> None:
+        if rtype in ordered or rtype in visiting:
+            return  # already placed, or a cycle: keep configured order
+        visiting.add(rtype)
+        for dep in sorted(needs[rtype], key=wanted.index):
+            visit(dep)
+        visiting.discard(rtype)
+        ordered.append(rtype)
+
+    for rtype in wanted:
+        visit(rtype)
+    return ordered
+
+
 async def sync_source(
     source: SourceConfig,
     client: FhirClient,
@@ -200,7 +235,7 @@ async def sync_source(
     A failing type is reported and the others still run; nothing already stored is lost.
     """
     report = SourceReport(source.name)
-    for resource_type in source.resource_types:
+    for resource_type in dependency_order(source.resource_types, ingestor.rules):
         report.types.append(
             await sync_type(source, resource_type, client, ingestor, full=full, progress=progress)
         )

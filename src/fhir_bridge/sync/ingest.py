@@ -2,6 +2,13 @@
 
 Called by the sync loop (and later by bulk and file ingest). Synchronous and free of HTTP:
 the caller fetched the page; this decides what to keep and which tasks it calls for.
+
+For each rule of a stored resource's type:
+- `when` holds: the task is created, or refreshed if it is still active; a closed task is
+  reopened only by a rule with `reopen_on_change` and only when the resource itself changed;
+- `when` does not hold: an active task closes with the rule's `close_when` case and reason.
+A resource that rules of *other* types read through `related` (a Coverage for the
+pre-visit check) re-evaluates those rules over the same patient's resources.
 """
 
 from __future__ import annotations
@@ -14,8 +21,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fhir_bridge.logging import get_logger
-from fhir_bridge.mapping.engine import RuleSet
+from fhir_bridge.mapping.engine import CompiledRule, RuleSet
+from fhir_bridge.patients.refs import patient_reference
 from fhir_bridge.store.base import QuarantineEntry, Store
+from fhir_bridge.tasks.service import TaskService
 from fhir_bridge.validate.parse import validate_resource
 
 log = get_logger("ingest")
@@ -42,9 +51,22 @@ def content_hash(resource: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+_COUNTERS = (
+    "received",
+    "stored",
+    "unchanged",
+    "quarantined",
+    "tasks_created",
+    "tasks_updated",
+    "tasks_closed",
+    "tasks_reopened",
+    "rule_errors",
+)
+
+
 @dataclass
 class IngestResult:
-    """What one page did."""
+    """What one page (or one re-evaluation) did."""
 
     received: int = 0
     stored: int = 0
@@ -52,19 +74,15 @@ class IngestResult:
     quarantined: int = 0
     tasks_created: int = 0
     tasks_updated: int = 0
+    tasks_closed: int = 0
+    tasks_reopened: int = 0
+    rule_errors: int = 0
     max_last_updated: str | None = None
     tasks_by_rule: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: IngestResult) -> None:
         """Accumulate another page's figures (max_last_updated is the later of the two)."""
-        for name in (
-            "received",
-            "stored",
-            "unchanged",
-            "quarantined",
-            "tasks_created",
-            "tasks_updated",
-        ):
+        for name in _COUNTERS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for rule, n in other.tasks_by_rule.items():
             self.tasks_by_rule[rule] = self.tasks_by_rule.get(rule, 0) + n
@@ -84,24 +102,65 @@ def parse_instant(value: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+class StoreLookup:
+    """`mapping.Lookup` over the store: a patient's resources from one source."""
+
+    def __init__(self, store: Store, source: str) -> None:
+        self.store = store
+        self.source = source
+
+    def for_patient(self, resource_type: str, patient: str) -> list[dict[str, Any]]:
+        """The patient's stored resources of `resource_type`."""
+        return [
+            r.body for r in self.store.resources_for_patient(self.source, patient, resource_type)
+        ]
+
+
 class Ingestor:
     """Validates, stores and maps resources for one bridge."""
 
-    def __init__(self, store: Store, rules: RuleSet, clock: Clock = utcnow) -> None:
+    def __init__(
+        self, store: Store, rules: RuleSet, tasks: TaskService, clock: Clock = utcnow
+    ) -> None:
         self.store = store
         self.rules = rules
+        self.tasks = tasks
         self.clock = clock
 
     def ingest(
-        self, source: str, resources: Iterable[Any], expected_type: str | None = None
+        self,
+        source: str,
+        resources: Iterable[Any],
+        expected_type: str | None = None,
+        *,
+        initial: bool = False,
     ) -> IngestResult:
-        """Take a page of resources from `source`; never raises for a bad resource."""
+        """Take a page of resources from `source`; never raises for a bad resource.
+
+        :param initial: the source's first load of this type: rules with `trigger: new`
+            do not fire for what is merely being loaded for the first time.
+        """
         result = IngestResult()
         now = self.clock()
+        lookup = StoreLookup(self.store, source)
         with self.store.batch():
             for resource in resources:
                 result.received += 1
-                self._one(source, resource, expected_type, now, result)
+                self._one(source, resource, expected_type, now, lookup, initial, result)
+        return result
+
+    def reevaluate(self, source: str | None = None) -> IngestResult:
+        """Run every rule again over every stored resource (time moves conditions on:
+        a no-show leaves its lookback window, a booked visit comes within 7 days)."""
+        result = IngestResult()
+        now = self.clock()
+        for rtype in sorted(self.rules.resource_types):
+            for stored in self.store.iter_resources(rtype, source):
+                lookup = StoreLookup(self.store, stored.source)
+                for rule in self.rules.for_type(rtype):
+                    self._apply(
+                        rule, stored.source, stored.body, now, lookup, result, focus_changed=False
+                    )
         return result
 
     def _one(
@@ -110,6 +169,8 @@ class Ingestor:
         resource: Any,
         expected_type: str | None,
         now: datetime,
+        lookup: StoreLookup,
+        initial: bool,
         result: IngestResult,
     ) -> None:
         issues = validate_resource(resource, expected_type)
@@ -119,23 +180,71 @@ class Ingestor:
                 try:
                     result.max_last_updated = later(result.max_last_updated, last_updated)
                 except ValueError:
-                    pass  # the parse check below reports the bad instant
+                    pass  # the parse check reports the bad instant
         if issues:
             result.quarantined += 1
             self._quarantine(source, resource, expected_type, issues, now)
             return
+        rtype, rid = resource["resourceType"], resource["id"]
+        rules = self.rules.for_type(rtype)
+        watch_new = any(r.rule.trigger == "new" for r in rules)
+        is_new = watch_new and self.store.get_resource(source, rtype, rid) is None
         if not self.store.put_resource(source, resource, content_hash(resource)):
             result.unchanged += 1
             return
         result.stored += 1
-        self.store.release_quarantine(source, resource["resourceType"], resource["id"])
-        for draft in self.rules.evaluate(resource, source, now):
-            outcome = self.store.upsert_task(draft, now)
+        self.store.release_quarantine(source, rtype, rid)
+        for rule in rules:
+            if rule.rule.trigger == "new" and (initial or not is_new):
+                if self.store.get_task(rule.task_id(source, resource)) is None:
+                    continue  # only a resource first seen after the initial load opens one
+            self._apply(rule, source, resource, now, lookup, result, focus_changed=True)
+        patient = patient_reference(resource)
+        if patient:
+            for rule in self.rules.dependents(rtype):
+                for other in self.store.resources_for_patient(source, patient, rule.resource_type):
+                    self._apply(rule, source, other.body, now, lookup, result, focus_changed=False)
+
+    def _apply(
+        self,
+        rule: CompiledRule,
+        source: str,
+        resource: dict[str, Any],
+        now: datetime,
+        lookup: StoreLookup,
+        result: IngestResult,
+        *,
+        focus_changed: bool,
+    ) -> None:
+        ev = rule.evaluate(resource, source, now, lookup)
+        if ev.error:
+            result.rule_errors += 1
+            log.warning(
+                "rule_evaluation_failed",
+                rule=rule.id,
+                resource_type=resource.get("resourceType"),
+                resource_id=resource.get("id"),
+                error=ev.error.split(":", 2)[1].strip() if ":" in ev.error else ev.error,
+            )
+            return
+        if ev.draft is not None:
+            existing = self.store.get_task(ev.draft.id)
+            if existing is not None and not existing.is_active:
+                if not (rule.rule.reopen_on_change and focus_changed):
+                    return  # a closed task stays closed until its resource changes again
+                self.tasks.reopen(existing.id, "the resource changed and needs attention again")
+                result.tasks_reopened += 1
+            outcome = self.store.upsert_task(ev.draft, now)
             if outcome.created:
                 result.tasks_created += 1
-                result.tasks_by_rule[draft.rule_id] = result.tasks_by_rule.get(draft.rule_id, 0) + 1
+                result.tasks_by_rule[rule.id] = result.tasks_by_rule.get(rule.id, 0) + 1
             elif outcome.updated:
                 result.tasks_updated += 1
+        elif ev.close is not None:
+            existing = self.store.get_task(rule.task_id(source, resource))
+            if existing is not None and existing.is_active:
+                self.tasks.auto_close(existing.id, ev.close.status, ev.close.reason)
+                result.tasks_closed += 1
 
     def _quarantine(
         self,

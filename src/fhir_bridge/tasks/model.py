@@ -91,6 +91,9 @@ class TaskDraft:
     title: str
     priority: Priority = Priority.ROUTINE
     due: datetime | None = None
+    description: str | None = None
+    labels: tuple[str, ...] = ()
+    assignee: str | None = None
 
     @property
     def id(self) -> str:
@@ -121,6 +124,8 @@ class Task:
     version: int = 1
     mirror_id: str | None = None
     mirror_version: str | None = None
+    description: str | None = None
+    labels: tuple[str, ...] = ()
 
     @classmethod
     def from_draft(cls, draft: TaskDraft, now: datetime) -> Task:
@@ -139,9 +144,11 @@ class Task:
             priority=draft.priority,
             due=draft.due,
             status=TaskStatus.OPEN,
-            assignee=None,
+            assignee=draft.assignee,
             created_at=now,
             updated_at=now,
+            description=draft.description,
+            labels=draft.labels,
         )
 
     def refreshed(self, draft: TaskDraft, now: datetime) -> Task | None:
@@ -154,10 +161,17 @@ class Task:
             "title": draft.title,
             "priority": draft.priority,
             "due": draft.due,
+            "description": draft.description,
+            "labels": draft.labels,
         }
         if all(getattr(self, k) == v for k, v in fields.items()):
             return None
         return replace(self, **fields, updated_at=now, version=self.version + 1)  # type: ignore[arg-type]
+
+    @property
+    def is_active(self) -> bool:
+        """True while a coordinator still has to act (open or in progress)."""
+        return self.status in (TaskStatus.OPEN, TaskStatus.IN_PROGRESS)
 
     @property
     def focus(self) -> str:

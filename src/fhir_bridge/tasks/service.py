@@ -25,6 +25,7 @@ from fhir_bridge.tasks.model import (
 )
 
 Clock = Callable[[], datetime]
+BRIDGE = "bridge"  # the actor recorded for changes the bridge makes on its own
 
 
 def snapshot(task: Task) -> dict[str, Any]:
@@ -110,6 +111,39 @@ class TaskService:
                 expected_version=expected_version,
                 status=TaskStatus.IN_PROGRESS,
                 assignee=coordinator,
+            )
+
+        return self.store.update_task(task_id, change)
+
+    def auto_close(self, task_id: str, status: TaskStatus, reason: str) -> Task:
+        """Close an active task because its resource changed (the bridge acts, with a reason)."""
+
+        def change(task: Task) -> TaskChange:
+            check_transition(task.status, status)
+            return self._change(
+                task,
+                actor=BRIDGE,
+                action="auto-closed",
+                note=reason,
+                expected_version=None,
+                status=status,
+            )
+
+        return self.store.update_task(task_id, change)
+
+    def reopen(self, task_id: str, reason: str) -> Task:
+        """Reopen a closed task because its resource changed again (a system move, not a
+        coordinator's: the state machine's final states bind coordinators only)."""
+
+        def change(task: Task) -> TaskChange:
+            return self._change(
+                task,
+                actor=BRIDGE,
+                action="reopened",
+                note=reason,
+                expected_version=None,
+                status=TaskStatus.OPEN,
+                assignee=None,
             )
 
         return self.store.update_task(task_id, change)

@@ -1,0 +1,109 @@
+"""Compiled FHIRPath expressions and `{{ FHIRPath }}` text templates.
+
+Compiling checks three things, so a broken rule fails at load time with its position: the
+syntax (strictly: fhirpathpy itself recovers from syntax errors), the element names (an
+unknown element makes an expression silently empty), and the `%names` used (a typo in a
+`let` name is an error, not an empty value).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fhirpathpy import compile as fhirpath_compile
+from fhirpathpy.models import models
+
+from fhir_bridge.mapping.elements import unknown_elements
+from fhir_bridge.mapping.syntax import fhirpath_syntax_errors
+
+_R4 = models["r4"]
+_INTERPOLATION = re.compile(r"\{\{(.+?)\}\}")
+_VARIABLE = re.compile(r"%([A-Za-z_][A-Za-z0-9_]*)")
+# Variables fhirpathpy or the engine always provides.
+BUILTIN_VARIABLES = frozenset({"now", "context", "resource", "ucum", "sct", "loinc", "source"})
+
+Functions = Mapping[str, dict[str, Any]]
+
+
+class ExpressionError(ValueError):
+    """An expression that does not compile; the message says why."""
+
+
+@dataclass(frozen=True)
+class Expr:
+    """A compiled FHIRPath expression that remembers its text."""
+
+    text: str
+    fn: Callable[[Any, Mapping[str, Any]], list[Any]]
+
+    def __call__(self, resource: Any, env: Mapping[str, Any]) -> list[Any]:
+        return self.fn(resource, env)
+
+
+def compile_expr(
+    text: str,
+    resource_type: str | None,
+    variables: Collection[str],
+    functions: Functions,
+) -> Expr:
+    """Compile `text`, checking syntax, element names (when `resource_type` is known) and %names.
+
+    :raises ExpressionError: with every problem found.
+    """
+    problems = fhirpath_syntax_errors(text)
+    if not problems:
+        if resource_type:
+            problems += unknown_elements(text, resource_type)
+        known = BUILTIN_VARIABLES | set(variables)
+        problems += [f"unknown variable %{n}" for n in _VARIABLE.findall(text) if n not in known]
+    if problems:
+        raise ExpressionError("; ".join(problems))
+    try:
+        fn = fhirpath_compile(text, model=_R4, options={"userInvocationTable": dict(functions)})
+    except Exception as exc:  # fhirpathpy raises bare Exception
+        raise ExpressionError(str(exc) or type(exc).__name__) from None
+    return Expr(text, fn)
+
+
+@dataclass(frozen=True)
+class Template:
+    """Text with `{{ FHIRPath }}` parts; each part's values are joined with ', '."""
+
+    text: str
+    parts: tuple[str | Expr, ...]
+
+    def render(self, resource: Any, env: Mapping[str, Any]) -> str:
+        """The text with every expression replaced by its value."""
+        out = []
+        for part in self.parts:
+            if isinstance(part, str):
+                out.append(part)
+            else:
+                out.append(", ".join(str(v) for v in part(resource, env)))
+        return "".join(out).strip()
+
+    @property
+    def is_static(self) -> bool:
+        """True when the template has no expression."""
+        return all(isinstance(p, str) for p in self.parts)
+
+
+def compile_template(
+    text: str, resource_type: str | None, variables: Collection[str], functions: Functions
+) -> Template:
+    """Compile every `{{ }}` part of `text` (ExpressionError names the part that fails)."""
+    parts: list[str | Expr] = []
+    pos = 0
+    for match in _INTERPOLATION.finditer(text):
+        parts.append(text[pos : match.start()])
+        inner = match.group(1).strip()
+        try:
+            parts.append(compile_expr(inner, resource_type, variables, functions))
+        except ExpressionError as exc:
+            raise ExpressionError(f"in {{{{ {inner} }}}}: {exc}") from None
+        pos = match.end()
+    parts.append(text[pos:])
+    return Template(text, tuple(p for p in parts if p != ""))

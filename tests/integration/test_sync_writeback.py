@@ -11,9 +11,14 @@ from fhir_bridge.config import Settings, SourceConfig, StorageConfig
 from fhir_bridge.runtime import Bridge
 from fhir_bridge.sandbox import free_port
 from fhir_bridge.tasks.model import Task, TaskStatus
-from tests.integration.test_end_to_end import SYSTEM, expected_tasks_per_rule, make_bridge
+from tests.integration.test_end_to_end import (
+    SYSTEM,
+    active_tasks_per_rule,
+    expected_tasks_per_rule,
+    make_bridge,
+)
 from tests.sandbox_fixtures import seeded_server
-from tests.utils import ROOT, sample
+from tests.utils import NOW, ROOT, sample
 
 pytestmark = pytest.mark.integration
 
@@ -66,8 +71,7 @@ async def test_invalid_resources_are_quarantined_and_the_page_proceeds(sekmet_fa
         assert bridge.store.get_resource("sekmet", "Patient", "broken-patient") is None
         counts = bridge.store.resource_counts("sekmet")
         assert counts["Patient"] == len(sample("Patient"))
-        expected = expected_tasks_per_rule()
-        assert {r: bridge.store.list_tasks(rule_id=r).total for r in expected} == expected
+        assert active_tasks_per_rule(bridge) == expected_tasks_per_rule()
 
         from fhir_bridge.api import create_app
 
@@ -93,7 +97,12 @@ async def test_incremental_sync_picks_up_changes_and_new_resources(sekmet_factor
         changed = json.loads(json.dumps(statement))
         changed["medicationCodeableConcept"]["coding"][0]["display"] = "Renamed Drug 5 MG"
         _put(url, changed)
-        noshow = _first("Appointment", status="noshow") | {"id": "new-noshow"}
+        # A no-show inside the 30-day lookback window of NOW opens outreach.
+        noshow = _first("Appointment", status="noshow") | {
+            "id": "new-noshow",
+            "start": "2026-11-20T10:00:00Z",
+            "end": "2026-11-20T10:20:00Z",
+        }
         _put(url, noshow)
 
         [second] = await bridge.sync_once()
@@ -111,8 +120,9 @@ async def test_incremental_sync_picks_up_changes_and_new_resources(sekmet_factor
         assert refreshed is not None
         assert refreshed.title == "Reconcile medication: Renamed Drug 5 MG"
         assert refreshed.focus_version == "2"
-        total = bridge.store.list_tasks(rule_id="no-show-outreach").total
-        assert total == expected_tasks_per_rule()["no-show-outreach"] + 1
+        expected = expected_tasks_per_rule()
+        expected["no-show-outreach"] += 1
+        assert active_tasks_per_rule(bridge) == expected
         five = bridge.settings.sources[0].resource_types
         assert first.totals.received == sum(len(sample(t)) for t in five)
     finally:
@@ -181,10 +191,10 @@ async def test_a_failing_source_is_reported_and_the_others_sync(sekmet_factory, 
         storage=StorageConfig(path=tmp_path / "b.db"),
         mappings_dir=ROOT / "mappings",
     )
-    bridge = Bridge(settings)
+    bridge = Bridge(settings, clock=lambda: NOW)
     try:
         good, down = await bridge.sync_once()
-        assert good.ok and good.totals.tasks_created == sum(expected_tasks_per_rule().values())
+        assert good.ok and active_tasks_per_rule(bridge) == expected_tasks_per_rule()
         assert not down.ok
         assert all(t.error and "down" in t.error for t in down.types)
         assert bridge.source_state["down"].last_ok is False

@@ -17,8 +17,9 @@ from fhir_bridge.mapping.engine import Problem, RuleSet, compile_folder
 from fhir_bridge.sources import client_for
 from fhir_bridge.store import Store, open_store
 from fhir_bridge.sync.engine import Progress, SourceReport, sync_source
-from fhir_bridge.sync.ingest import Clock, Ingestor, utcnow
+from fhir_bridge.sync.ingest import Clock, Ingestor, ProfilePolicy, utcnow
 from fhir_bridge.tasks.service import TaskService
+from fhir_bridge.validate.profiles import ProfileSet
 from fhir_bridge.writeback.delivery import Delivery, DeliveryStats
 
 log = get_logger("runtime")
@@ -48,7 +49,20 @@ class Bridge:
         self.tasks = TaskService(
             self.store, clock, [s.name for s in settings.sources if s.writeback]
         )
-        self.ingestor = Ingestor(self.store, self.rules, self.tasks, clock)
+        self.profiles = ProfileSet.load(settings.profiles_dir)
+        for source in settings.sources:
+            self.profiles.resolve(source.profiles)  # unknown profile names fail at start-up
+        self.ingestor = Ingestor(
+            self.store,
+            self.rules,
+            self.tasks,
+            clock,
+            profile_set=self.profiles,
+            policies={
+                s.name: ProfilePolicy(s.profiles, s.on_profile_violation == "quarantine")
+                for s in settings.sources
+            },
+        )
         self.source_state = {s.name: SourceState() for s in settings.sources}
 
     def reload_rules(self) -> list[Problem]:

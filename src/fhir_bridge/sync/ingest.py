@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -25,7 +25,8 @@ from fhir_bridge.mapping.engine import CompiledRule, RuleSet
 from fhir_bridge.patients.refs import patient_reference
 from fhir_bridge.store.base import QuarantineEntry, Store
 from fhir_bridge.tasks.service import TaskService
-from fhir_bridge.validate.parse import validate_resource
+from fhir_bridge.validate.parse import Issue, validate_resource
+from fhir_bridge.validate.profiles import ProfileSet
 
 log = get_logger("ingest")
 
@@ -116,16 +117,66 @@ class StoreLookup:
         ]
 
 
+@dataclass(frozen=True)
+class ProfilePolicy:
+    """What a source requires beyond parsing: profiles, and what a violation does."""
+
+    profiles: tuple[str, ...] = ()
+    quarantine: bool = True  # False: store the resource and log the issue counts
+
+
+_DEFAULT_POLICY = ProfilePolicy()
+
+
 class Ingestor:
-    """Validates, stores and maps resources for one bridge."""
+    """Validates, stores and maps resources for one bridge.
+
+    :param profile_set: profiles and value sets; None checks structure only.
+    :param policies: per source name; sources not listed get the core checks and quarantine.
+    """
 
     def __init__(
-        self, store: Store, rules: RuleSet, tasks: TaskService, clock: Clock = utcnow
+        self,
+        store: Store,
+        rules: RuleSet,
+        tasks: TaskService,
+        clock: Clock = utcnow,
+        *,
+        profile_set: ProfileSet | None = None,
+        policies: Mapping[str, ProfilePolicy] | None = None,
     ) -> None:
         self.store = store
         self.rules = rules
         self.tasks = tasks
         self.clock = clock
+        self.profile_set = profile_set
+        self.policies = dict(policies or {})
+
+    def check(self, source: str, resource: Any, expected_type: str | None) -> list[Issue]:
+        """The issues that keep `resource` out of the store (errors first); empty: store it.
+
+        Structure (R4B parse) always quarantines; core required bindings and the source's
+        profiles quarantine unless the source is set to warn.
+        """
+        issues = validate_resource(resource, expected_type)
+        if issues or self.profile_set is None:
+            return issues
+        policy = self.policies.get(source, _DEFAULT_POLICY)
+        checked = self.profile_set.check_all(resource, policy.profiles)
+        errors = [i for i in checked if i["severity"] == "error"]
+        if not errors:
+            return []
+        if not policy.quarantine:
+            log.warning(
+                "profile_violation_stored",
+                source=source,
+                resource_type=resource.get("resourceType"),
+                resource_id=resource.get("id"),
+                issues=len(errors),
+                first_issue=errors[0]["expression"],
+            )
+            return []
+        return sorted(checked, key=lambda i: i["severity"] != "error")
 
     def ingest(
         self,
@@ -173,7 +224,7 @@ class Ingestor:
         initial: bool,
         result: IngestResult,
     ) -> None:
-        issues = validate_resource(resource, expected_type)
+        issues = self.check(source, resource, expected_type)
         if isinstance(resource, dict):
             last_updated = (resource.get("meta") or {}).get("lastUpdated")
             if isinstance(last_updated, str):
@@ -218,14 +269,7 @@ class Ingestor:
     ) -> None:
         ev = rule.evaluate(resource, source, now, lookup)
         if ev.error:
-            result.rule_errors += 1
-            log.warning(
-                "rule_evaluation_failed",
-                rule=rule.id,
-                resource_type=resource.get("resourceType"),
-                resource_id=resource.get("id"),
-                error=ev.error.split(":", 2)[1].strip() if ":" in ev.error else ev.error,
-            )
+            self._rule_failed(rule, resource, ev.error, result)
             return
         if ev.draft is not None:
             existing = self.store.get_task(ev.draft.id)
@@ -240,11 +284,29 @@ class Ingestor:
                 result.tasks_by_rule[rule.id] = result.tasks_by_rule.get(rule.id, 0) + 1
             elif outcome.updated:
                 result.tasks_updated += 1
-        elif ev.close is not None:
+        else:
             existing = self.store.get_task(rule.task_id(source, resource))
-            if existing is not None and existing.is_active:
-                self.tasks.auto_close(existing.id, ev.close.status, ev.close.reason)
+            if existing is None or not existing.is_active:
+                return  # close cases are only worth evaluating for an active task
+            case = rule.close_case(ev)
+            if ev.error:
+                self._rule_failed(rule, resource, ev.error, result)
+            elif case is not None:
+                self.tasks.auto_close(existing.id, case.status, case.reason)
                 result.tasks_closed += 1
+
+    @staticmethod
+    def _rule_failed(
+        rule: CompiledRule, resource: dict[str, Any], error: str, result: IngestResult
+    ) -> None:
+        result.rule_errors += 1
+        log.warning(
+            "rule_evaluation_failed",
+            rule=rule.id,
+            resource_type=resource.get("resourceType"),
+            resource_id=resource.get("id"),
+            step=error.split(":", 1)[0],  # never the message: it may quote resource values
+        )
 
     def _quarantine(
         self,

@@ -2,18 +2,79 @@
 
 from __future__ import annotations
 
-from fhir_bridge.config import BearerAuth, SourceConfig
-from fhir_bridge.fhir import FhirClient, RetryPolicy, bearer_auth
+import httpx
+
+from fhir_bridge import config
+from fhir_bridge.config import SourceConfig
+from fhir_bridge.errors import ConfigError
+from fhir_bridge.fhir import FhirClient, RetryPolicy
+from fhir_bridge.fhir.auth import BasicAuth, SmartBackendAuth, bearer_auth
+from fhir_bridge.fhir.capabilities import CompatibilityReport, check_server
+
+CHECK_RETRY = RetryPolicy(attempts=2, max_wait=5.0)  # a check should answer soon, not in minutes
 
 
-def client_for(source: SourceConfig) -> FhirClient:
-    """An (unopened) FHIR client for `source`, with its auth, limits and retry policy."""
-    auth = bearer_auth(source.auth.resolve_token()) if isinstance(source.auth, BearerAuth) else None
+def auth_for(
+    source: SourceConfig, *, transport: httpx.AsyncBaseTransport | None = None
+) -> httpx.Auth | None:
+    """The ``httpx.Auth`` for `source`'s auth settings (``None`` for ``type: none``).
+
+    :raises ConfigError: a secret is missing or unusable (the message never contains it).
+    """
+    auth = source.auth
+    try:
+        if isinstance(auth, config.BearerAuth):
+            return bearer_auth(auth.resolve_token())
+        if isinstance(auth, config.BasicAuth):
+            return BasicAuth(auth.username, auth.resolve_password())
+        if isinstance(auth, config.SmartAuth):
+            return SmartBackendAuth(
+                client_id=auth.client_id,
+                private_key=auth.resolve_private_key(),
+                fhir_base_url=source.url,
+                algorithm=auth.algorithm,
+                scope=auth.scope,
+                key_id=auth.key_id,
+                token_url=str(auth.token_url) if auth.token_url is not None else None,
+                timeout=source.timeout,
+                transport=transport,
+            )
+    except ValueError as exc:  # our auth classes' messages name the problem, not the secret
+        raise ConfigError(f"source {source.name}: auth: {exc}") from None
+    return None
+
+
+def client_for(
+    source: SourceConfig,
+    *,
+    retry: RetryPolicy | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> FhirClient:
+    """An (unopened) FHIR client for `source`, with its auth, limits and retry policy.
+
+    :param retry: overrides the policy from the settings (``sources check`` retries less).
+    :param transport: replaces the network (FHIR and token calls), for tests.
+    """
     return FhirClient(
         source.url,
-        auth=auth,
+        auth=auth_for(source, transport=transport),
         timeout=source.timeout,
         max_connections=source.max_connections,
-        retry=RetryPolicy(attempts=source.retry_attempts, max_wait=source.retry_max_wait),
+        retry=retry or RetryPolicy(attempts=source.retry_attempts, max_wait=source.retry_max_wait),
+        transport=transport,
         source=source.name,
+    )
+
+
+async def check_source(
+    source: SourceConfig, *, transport: httpx.AsyncBaseTransport | None = None
+) -> CompatibilityReport:
+    """Probe `source`: CapabilityStatement, SMART configuration and one authenticated search."""
+    return await check_server(
+        client_for(source, retry=CHECK_RETRY, transport=transport),
+        source.url,
+        source.resource_types,
+        source=source.name,
+        timeout=source.timeout,
+        transport=transport,
     )

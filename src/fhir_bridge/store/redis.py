@@ -1,0 +1,853 @@
+"""The Redis storage engine: the same protocol as SQLite, for several workers and machines.
+
+A synchronous redis-py client (its connection pool is thread-safe), one per store. Key names
+live in `store/keys.py`; every key of an installation shares one hash tag, so each MULTI is
+single-slot (see that module for the Cluster caveat).
+
+Atomicity, method by method:
+- read-modify-writes (`put_resource`, `upsert_task`, `update_task`, `set_task_mirror`, the
+  outbox bookkeeping) run under WATCH/MULTI/EXEC in `_atomic`: read the watched keys, queue
+  the writes, EXEC; a concurrent change to a watched key aborts EXEC and the whole method
+  runs again (up to `max_attempts`), so there is no read-modify-write race. `update_task`'s
+  `change` may therefore run more than once; it must not have side effects of its own.
+- blind multi-key writes (quarantine) are a plain MULTI/EXEC.
+- reads that go index -> records (`list_tasks`, `due_outbox`, ...) WATCH the index and read
+  the records in EXEC, so a page never mixes two states of the store. `iter_resources` is
+  consistent per page only (like SQLite's, it reads page by page).
+- `batch()` groups nothing: each method is already atomic on its own.
+
+Datetimes are stored as ISO strings in UTC; sorted-set scores are exact integer microseconds.
+Outbox ids come from INCRBY before EXEC, so a retried transaction leaves a gap in the ids
+(never a duplicate; per task they still grow in commit order, as tasks serialise on WATCH).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any, ParamSpec, TypeVar, cast
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from redis.client import Pipeline
+from redis.exceptions import WatchError
+
+from fhir_bridge.errors import StoreError, TaskNotFound
+from fhir_bridge.patients.refs import patient_reference
+from fhir_bridge.store.base import QuarantineEntry, Store, StoredResource, TaskPage, TaskUpsert
+from fhir_bridge.store.keys import SCHEMA_VERSION, Keys
+from fhir_bridge.tasks.model import (
+    OutboxEntry,
+    OutboxStatus,
+    Priority,
+    Task,
+    TaskChange,
+    TaskDraft,
+    TaskEvent,
+    TaskStatus,
+)
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+Finish = Callable[[list[Any]], _R]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICRO = timedelta(microseconds=1)
+# Listing order is "highest priority first": the rank digit is inverted so it sorts ascending.
+_RANK = {Priority.STAT: "0", Priority.ASAP: "1", Priority.URGENT: "2", Priority.ROUTINE: "3"}
+
+
+def _watch(pipe: Pipeline, *keys: str) -> None:
+    """WATCH more keys (redis-py leaves `watch` unannotated)."""
+    pipe.watch(*keys)  # type: ignore[no-untyped-call]
+
+
+def _hset(pipe: Pipeline, key: str, fields: Mapping[str, str]) -> None:
+    pipe.hset(key, mapping=cast(Mapping[Any, Any], fields))
+
+
+def _translate(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Turn every redis-py error escaping `method` into StoreError."""
+
+    @functools.wraps(method)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(*args, **kwargs)
+        except redis.RedisError as exc:
+            raise StoreError(f"Redis {method.__name__} failed: {exc}") from exc
+
+    return wrapper
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
+def _ts(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat() if value else None
+
+
+def _dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _micros(value: datetime) -> int:
+    """Exact integer microseconds since the epoch (< 2**53 until the year 2255)."""
+    return (value.astimezone(UTC) - _EPOCH) // _MICRO
+
+
+def _stop(start: int, limit: int) -> int:
+    """The inclusive end index for `limit` items from `start` (a negative limit: no limit)."""
+    return -1 if limit < 0 else start + limit - 1
+
+
+def _present(fields: dict[str, str | None]) -> dict[str, str]:
+    """Hash fields without the None values (a missing field reads back as None)."""
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _sort_member(task: Task) -> str:
+    """The member of a task in its index sorted sets: priority, due (none last), id."""
+    if task.due is None:
+        due = "~"  # after every digit
+    else:
+        u = task.due.astimezone(UTC)
+        due = f"{u.year:04d}{u:%m%d%H%M%S%f}"
+    return f"{_RANK[task.priority]}:{due}:{task.id}"
+
+
+def _resource(h: dict[str, str]) -> StoredResource:
+    return StoredResource(
+        source=h["source"],
+        resource_type=h["type"],
+        id=h["id"],
+        version_id=h.get("version_id"),
+        last_updated=h.get("last_updated"),
+        content_hash=h["hash"],
+        body=json.loads(h["body"]),
+    )
+
+
+def _task_fields(task: Task) -> dict[str, str]:
+    return _present(
+        {
+            "id": task.id,
+            "rule_id": task.rule_id,
+            "source": task.source,
+            "focus_type": task.focus_type,
+            "focus_id": task.focus_id,
+            "focus_version": task.focus_version,
+            "patient": task.patient,
+            "queue": task.queue,
+            "kind": task.kind,
+            "title": task.title,
+            "priority": task.priority.value,
+            "due": _ts(task.due),
+            "status": task.status.value,
+            "assignee": task.assignee,
+            "created_at": _ts(task.created_at),
+            "updated_at": _ts(task.updated_at),
+            "version": str(task.version),
+            "mirror_id": task.mirror_id,
+            "mirror_version": task.mirror_version,
+            "description": task.description,
+            "labels": json.dumps(list(task.labels)),
+        }
+    )
+
+
+def _task(h: dict[str, str]) -> Task:
+    return Task(
+        id=h["id"],
+        rule_id=h["rule_id"],
+        source=h["source"],
+        focus_type=h["focus_type"],
+        focus_id=h["focus_id"],
+        focus_version=h.get("focus_version"),
+        patient=h.get("patient"),
+        queue=h["queue"],
+        kind=h["kind"],
+        title=h["title"],
+        priority=Priority(h["priority"]),
+        due=_dt(h.get("due")),
+        status=TaskStatus(h["status"]),
+        assignee=h.get("assignee"),
+        created_at=datetime.fromisoformat(h["created_at"]),
+        updated_at=datetime.fromisoformat(h["updated_at"]),
+        version=int(h["version"]),
+        mirror_id=h.get("mirror_id"),
+        mirror_version=h.get("mirror_version"),
+        description=h.get("description"),
+        labels=tuple(json.loads(h.get("labels", "[]"))),
+    )
+
+
+def _event_json(event: TaskEvent) -> str:
+    return json.dumps(
+        {
+            "task_id": event.task_id,
+            "at": _ts(event.at),
+            "actor": event.actor,
+            "action": event.action,
+            "from_status": event.from_status,
+            "to_status": event.to_status,
+            "detail": event.detail,
+        }
+    )
+
+
+def _event(raw: str) -> TaskEvent:
+    e = json.loads(raw)
+    return TaskEvent(
+        task_id=e["task_id"],
+        at=datetime.fromisoformat(e["at"]),
+        actor=e["actor"],
+        action=e["action"],
+        from_status=e["from_status"],
+        to_status=e["to_status"],
+        detail=e["detail"],
+    )
+
+
+def _entry(h: dict[str, str]) -> OutboxEntry:
+    return OutboxEntry(
+        id=int(h["id"]),
+        task_id=h["task_id"],
+        source=h["source"],
+        action=h["action"],
+        payload=json.loads(h["payload"]),
+        status=OutboxStatus(h["status"]),
+        attempts=int(h["attempts"]),
+        next_attempt_at=datetime.fromisoformat(h["next_attempt_at"]),
+        last_error=h.get("last_error"),
+        created_at=datetime.fromisoformat(h["created_at"]),
+        delivered_at=_dt(h.get("delivered_at")),
+    )
+
+
+def _quarantine_member(source: str, resource_type: str, key: str) -> str:
+    # The id comes first so that ties in time list by id, as in SQLite; JSON keeps it unambiguous.
+    return json.dumps([key, source, resource_type])
+
+
+class RedisStore(Store):
+    """Storage in Redis under one key prefix.
+
+    :param url: ``redis://``, ``rediss://`` or ``unix://`` URL (ignored when `client` is given).
+    :param key_prefix: namespace of this installation's keys (several may share a server).
+    :param client: a ready client created with ``decode_responses=True`` (the caller keeps
+        ownership: `close` leaves it open).
+    :raises StoreError: Redis cannot be reached or holds data of another schema version.
+    """
+
+    max_attempts = 64  # WATCH conflicts tolerated per call before giving up
+
+    def __init__(
+        self, url: str, key_prefix: str = "fhir-bridge", client: redis.Redis | None = None
+    ) -> None:
+        self.keys = Keys(key_prefix)
+        self._owns_client = client is None
+        try:
+            if client is None:
+                client = redis.Redis.from_url(
+                    url,
+                    decode_responses=True,
+                    socket_connect_timeout=5,
+                    socket_timeout=30,
+                    health_check_interval=30,
+                )
+            self._redis = client
+            if not client.get_connection_kwargs().get("decode_responses"):
+                raise ValueError("the Redis client must be created with decode_responses=True")
+            client.hsetnx(self.keys.meta, "schema_version", str(SCHEMA_VERSION))
+            stored = cast(str | None, client.hget(self.keys.meta, "schema_version"))
+        except (redis.RedisError, ValueError) as exc:
+            raise StoreError(f"cannot open Redis store at {_safe_url(url)}: {exc}") from exc
+        if stored != str(SCHEMA_VERSION):
+            raise StoreError(
+                f"Redis keys under {self.keys.root} have schema version {stored}; "
+                f"this bridge uses {SCHEMA_VERSION} (migrate first)"
+            )
+
+    # -- plumbing ----------------------------------------------------------------------------
+    def _atomic(self, body: Callable[[Pipeline], Finish[_R]], *watch: str) -> _R:
+        """Run `body` under WATCH and EXEC what it queued, again from scratch on a conflict.
+
+        `body` reads in immediate mode (it may WATCH more keys), calls `multi()` if it writes,
+        queues commands, and returns a function that maps EXEC's replies to the result. EXEC
+        is sent even when nothing was queued, so a read-only outcome is checked too.
+        """
+        for _ in range(self.max_attempts):
+            with self._redis.pipeline(transaction=True) as pipe:
+                try:
+                    if watch:
+                        _watch(pipe, *watch)
+                    finish = body(pipe)
+                    if not pipe.explicit_transaction:
+                        pipe.multi()
+                    replies = pipe.execute()
+                except WatchError:
+                    continue
+                return finish(replies)
+        raise StoreError(f"gave up after {self.max_attempts} conflicting concurrent changes")
+
+    @staticmethod
+    def _hash(pipe: Pipeline | redis.Redis, key: str) -> dict[str, str]:
+        return cast(dict[str, str], pipe.hgetall(key))
+
+    def close(self) -> None:
+        if self._owns_client:
+            self._redis.close()
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        # Every method is already one atomic round of Redis commands; grouping them would only
+        # save round trips, and the protocol lets a failed batch keep what completed.
+        yield
+
+    # -- resources ---------------------------------------------------------------------------
+    @_translate
+    def put_resource(self, source: str, resource: dict[str, Any], content_hash: str) -> bool:
+        k = self.keys
+        rtype, rid = resource["resourceType"], resource["id"]
+        meta = resource.get("meta") or {}
+        patient = patient_reference(resource)
+        fields = _present(
+            {
+                "source": source,
+                "type": rtype,
+                "id": rid,
+                "hash": content_hash,
+                "body": json.dumps(resource, separators=(",", ":")),
+                "version_id": meta.get("versionId"),
+                "last_updated": meta.get("lastUpdated"),
+                "stored_at": _ts(datetime.now(UTC)),
+                "patient": patient,
+            }
+        )
+        key, member = k.resource(source, rtype, rid), f"{rtype}/{rid}"
+
+        def body(pipe: Pipeline) -> Finish[bool]:
+            old_hash, old_patient = cast(list[str | None], pipe.hmget(key, ["hash", "patient"]))
+            if old_hash == content_hash:
+                return lambda _: False
+            pipe.multi()
+            if old_hash is None:
+                pipe.hincrby(k.resource_counts(source), rtype, 1)
+                pipe.sadd(k.sources, source)
+                pipe.zadd(k.resource_ids(source, rtype), {rid: 0})
+            elif old_patient is not None and old_patient != patient:
+                pipe.zrem(k.resource_patient(source, old_patient), member)
+            if patient is not None:
+                pipe.zadd(k.resource_patient(source, patient), {member: 0})
+            pipe.delete(key)
+            _hset(pipe, key, fields)
+            return lambda _: True
+
+        return self._atomic(body, key)
+
+    @_translate
+    def get_resource(
+        self, source: str, resource_type: str, resource_id: str
+    ) -> StoredResource | None:
+        h = self._hash(self._redis, self.keys.resource(source, resource_type, resource_id))
+        return _resource(h) if h else None
+
+    @_translate
+    def resources_for_patient(
+        self, source: str, patient: str, resource_type: str | None = None
+    ) -> list[StoredResource]:
+        k, index = self.keys, self.keys.resource_patient(source, patient)
+
+        def body(pipe: Pipeline) -> Finish[list[StoredResource]]:
+            if resource_type is None:
+                members = pipe.zrange(index, 0, -1)
+            else:
+                # "<type>/" up to, not including, "<type>0": '0' is the character after '/'.
+                members = pipe.zrangebylex(index, f"[{resource_type}/", f"({resource_type}0")
+            pipe.multi()
+            for m in cast(list[str], members):
+                rtype, rid = m.split("/", 1)
+                pipe.hgetall(k.resource(source, rtype, rid))
+            return lambda replies: [_resource(h) for h in replies if h]
+
+        return self._atomic(body, index)
+
+    @_translate
+    def _resource_page(
+        self, source: str, resource_type: str, after: str | None
+    ) -> tuple[list[StoredResource], str | None]:
+        """Up to 500 resources of one source and type whose ids sort after `after`, and the
+        last id read (None when there are no more)."""
+        k = self.keys
+        low = "-" if after is None else f"({after}"
+        index = k.resource_ids(source, resource_type)
+        ids = cast(list[str], self._redis.zrangebylex(index, low, "+", start=0, num=500))
+        with self._redis.pipeline(transaction=True) as pipe:
+            for rid in ids:
+                pipe.hgetall(k.resource(source, resource_type, rid))
+            hashes = pipe.execute() if ids else []
+        return [_resource(h) for h in hashes if h], (ids[-1] if ids else None)
+
+    def _sources(self, client: Pipeline | redis.Redis) -> list[str]:
+        return sorted(cast(set[str], client.smembers(self.keys.sources)))
+
+    @_translate
+    def _translated_sources(self) -> list[str]:
+        return self._sources(self._redis)
+
+    def iter_resources(
+        self, resource_type: str, source: str | None = None
+    ) -> Iterator[StoredResource]:
+        # Keyset paging (after the last id seen), like SQLite's: resources stored meanwhile
+        # are neither skipped nor repeated because of the ones before them.
+        for src in [source] if source is not None else self._translated_sources():
+            page, after = self._resource_page(src, resource_type, None)
+            while after is not None:
+                yield from page
+                page, after = self._resource_page(src, resource_type, after)
+
+    @_translate
+    def resource_counts(self, source: str | None = None) -> dict[str, int]:
+        def body(pipe: Pipeline) -> Finish[dict[str, int]]:
+            sources = [source] if source is not None else self._sources(pipe)
+            pipe.multi()
+            for s in sources:
+                pipe.hgetall(self.keys.resource_counts(s))
+
+            def finish(replies: list[Any]) -> dict[str, int]:
+                counts: dict[str, int] = {}
+                for per_type in replies:
+                    for rtype, n in per_type.items():
+                        counts[rtype] = counts.get(rtype, 0) + int(n)
+                return counts
+
+            return finish
+
+        return self._atomic(body, self.keys.sources)
+
+    # -- cursors -----------------------------------------------------------------------------
+    @_translate
+    def get_cursor(self, source: str, resource_type: str) -> str | None:
+        return cast(str | None, self._redis.hget(self.keys.cursor(source, resource_type), "value"))
+
+    @_translate
+    def set_cursor(self, source: str, resource_type: str, value: str | None) -> None:
+        key = self.keys.cursor(source, resource_type)
+        if value is None:
+            self._redis.delete(key)
+        else:
+            now = _ts(datetime.now(UTC))
+            self._redis.hset(key, mapping={"value": value, "updated_at": cast(str, now)})
+
+    # -- quarantine --------------------------------------------------------------------------
+    @_translate
+    def add_quarantine(self, entry: QuarantineEntry) -> None:
+        # Entries without an id are keyed by their content, so none overwrites another.
+        key = (
+            entry.resource_id
+            or "(no id) "
+            + hashlib.sha256(json.dumps(entry.body, sort_keys=True).encode()).hexdigest()[:16]
+        )
+        member = _quarantine_member(entry.source, entry.resource_type, key)
+        value = json.dumps(
+            {
+                "source": entry.source,
+                "resource_type": entry.resource_type,
+                "resource_id": entry.resource_id,
+                "version_id": entry.version_id,
+                "issues": entry.issues,
+                "body": entry.body,
+                "at": _ts(entry.at),
+            }
+        )
+        score = -_micros(entry.at)
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.quarantine, member, value)
+            pipe.zadd(self.keys.quarantine_by_time(), {member: score})
+            pipe.zadd(self.keys.quarantine_by_time(entry.source), {member: score})
+            pipe.execute()
+
+    @_translate
+    def list_quarantine(
+        self, source: str | None = None, limit: int = 100, offset: int = 0
+    ) -> tuple[list[QuarantineEntry], int]:
+        index = self.keys.quarantine_by_time(source)
+
+        def body(pipe: Pipeline) -> Finish[tuple[list[QuarantineEntry], int]]:
+            total = pipe.zcard(index)
+            members = cast(list[str], pipe.zrange(index, offset, _stop(offset, limit)))
+            members = members if limit else []
+            pipe.multi()
+            if members:
+                pipe.hmget(self.keys.quarantine, members)
+
+            def finish(replies: list[Any]) -> tuple[list[QuarantineEntry], int]:
+                values = replies[0] if replies else []
+                entries = []
+                for raw in values:
+                    e = json.loads(raw)
+                    e["at"] = datetime.fromisoformat(e["at"])
+                    entries.append(QuarantineEntry(**e))
+                return entries, total
+
+            return finish
+
+        return self._atomic(body, index)
+
+    @_translate
+    def release_quarantine(self, source: str, resource_type: str, resource_id: str) -> None:
+        member = _quarantine_member(source, resource_type, resource_id)
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(self.keys.quarantine, member)
+            pipe.zrem(self.keys.quarantine_by_time(), member)
+            pipe.zrem(self.keys.quarantine_by_time(source), member)
+            pipe.execute()
+
+    # -- tasks -------------------------------------------------------------------------------
+    def _indexes(self, task: Task) -> list[str]:
+        """The sorted sets a task is listed in."""
+        k = self.keys
+        keys = [
+            k.tasks_all,
+            k.tasks_queue(task.queue),
+            k.tasks_queue_status(task.queue, task.status.value),
+            k.tasks_status(task.status.value),
+            k.tasks_rule(task.rule_id),
+        ]
+        if task.assignee:
+            keys.append(k.tasks_assignee(task.assignee))
+        if task.patient:
+            keys.append(k.tasks_patient(task.patient))
+        return keys
+
+    def _queue_task(self, pipe: Pipeline, old: Task | None, new: Task) -> None:
+        """Queue (after MULTI) the writes that replace `old` by `new`, indexes included."""
+        member, indexes = _sort_member(new), self._indexes(new)
+        if old is not None:
+            old_member = _sort_member(old)
+            for key in self._indexes(old):
+                if key not in indexes or old_member != member:
+                    pipe.zrem(key, old_member)
+        key = self.keys.task(new.id)
+        pipe.delete(key)
+        _hset(pipe, key, _task_fields(new))
+        for index in indexes:
+            pipe.zadd(index, {member: 0})
+        pipe.sadd(self.keys.queues, new.queue)
+
+    def _queue_event(self, pipe: Pipeline, event: TaskEvent) -> None:
+        pipe.rpush(self.keys.task_events(event.task_id), _event_json(event))
+
+    def _read_task(self, pipe: Pipeline | redis.Redis, task_id: str) -> Task | None:
+        h = self._hash(pipe, self.keys.task(task_id))
+        return _task(h) if h else None
+
+    @_translate
+    def upsert_task(self, draft: TaskDraft, now: datetime) -> TaskUpsert:
+        detail = {"focus_version": draft.focus_version}
+
+        def body(pipe: Pipeline) -> Finish[TaskUpsert]:
+            current = self._read_task(pipe, draft.id)
+            if current is None:
+                task = Task.from_draft(draft, now)
+                event = TaskEvent(
+                    task.id, now, "bridge", "created", None, task.status.value, detail
+                )
+                pipe.multi()
+                self._queue_task(pipe, None, task)
+                self._queue_event(pipe, event)
+                return lambda _: TaskUpsert(task, created=True, updated=False)
+            refreshed = current.refreshed(draft, now)
+            if refreshed is None:
+                return lambda _: TaskUpsert(current, created=False, updated=False)
+            event = TaskEvent(current.id, now, "bridge", "refreshed", None, None, detail)
+            pipe.multi()
+            self._queue_task(pipe, current, refreshed)
+            self._queue_event(pipe, event)
+            return lambda _: TaskUpsert(refreshed, created=False, updated=True)
+
+        return self._atomic(body, self.keys.task(draft.id))
+
+    @_translate
+    def get_task(self, task_id: str) -> Task | None:
+        return self._read_task(self._redis, task_id)
+
+    def _select(
+        self, bases: list[str], rule: str | None, offset: int, limit: int
+    ) -> tuple[int, list[str]]:
+        """Total and one page of task ids from the union of `bases`, intersected with `rule`.
+
+        One MULTI on a connection of its own: the scratch key never outlives it.
+        """
+        with self._redis.pipeline(transaction=True) as sel:
+            index, scratch, setup = bases[0], None, 0
+            if len(bases) > 1 or rule is not None:
+                index = scratch = self.keys.temp(uuid.uuid4().hex)
+                if len(bases) > 1:
+                    sel.zunionstore(scratch, bases)
+                    setup += 1
+                if rule is not None:
+                    sel.zinterstore(scratch, [scratch if len(bases) > 1 else bases[0], rule])
+                    setup += 1
+            sel.zcard(index)
+            if limit:
+                sel.zrange(index, offset, _stop(offset, limit))
+            if scratch is not None:
+                sel.delete(scratch)
+            replies = sel.execute()
+        members = replies[setup + 1] if limit else []
+        return int(replies[setup]), [m.rsplit(":", 1)[1] for m in members]
+
+    @_translate
+    def list_tasks(
+        self,
+        *,
+        queue: str | None = None,
+        statuses: Sequence[TaskStatus] = (),
+        rule_id: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> TaskPage:
+        k = self.keys
+        if statuses:
+            unique = [TaskStatus(s).value for s in dict.fromkeys(statuses)]
+            bases = [
+                k.tasks_queue_status(queue, s) if queue is not None else k.tasks_status(s)
+                for s in unique
+            ]
+        else:
+            bases = [k.tasks_queue(queue) if queue is not None else k.tasks_all]
+        rule = k.tasks_rule(rule_id) if rule_id is not None else None
+
+        def body(pipe: Pipeline) -> Finish[TaskPage]:
+            total, ids = self._select(bases, rule, offset, limit)
+            pipe.multi()
+            for tid in ids:
+                pipe.hgetall(k.task(tid))
+            return lambda replies: TaskPage([_task(h) for h in replies if h], total)
+
+        return self._atomic(body, *bases, *([rule] if rule else []))
+
+    @_translate
+    def queue_counts(self) -> dict[str, dict[str, int]]:
+        statuses = [s.value for s in TaskStatus]
+
+        def body(pipe: Pipeline) -> Finish[dict[str, dict[str, int]]]:
+            queues = sorted(cast(set[str], pipe.smembers(self.keys.queues)))
+            pipe.multi()
+            for q in queues:
+                for s in statuses:
+                    pipe.zcard(self.keys.tasks_queue_status(q, s))
+
+            def finish(replies: list[Any]) -> dict[str, dict[str, int]]:
+                counts: dict[str, dict[str, int]] = {}
+                cells = iter(replies)
+                for q in queues:
+                    for s in statuses:
+                        n = next(cells)
+                        if n:
+                            counts.setdefault(q, {})[s] = n
+                return counts
+
+            return finish
+
+        return self._atomic(body, self.keys.queues)
+
+    @_translate
+    def update_task(self, task_id: str, change: Callable[[Task], TaskChange]) -> Task:
+        k = self.keys
+
+        def body(pipe: Pipeline) -> Finish[Task]:
+            current = self._read_task(pipe, task_id)
+            if current is None:
+                raise TaskNotFound(f"no task {task_id}")
+            result = change(current)
+            if result.task.id != task_id:
+                raise ValueError(f"a change to task {task_id} returned task {result.task.id}")
+            # Serialise everything first: a payload that is not JSON fails before any write.
+            event = _event_json(result.event)
+            payloads = [json.dumps(d.payload) for d in result.outbox]
+            ids: list[int] = []
+            has_head: dict[str, bool] = {}
+            if result.outbox:
+                pending = {d.task_id: k.outbox_pending(d.task_id) for d in result.outbox}
+                _watch(pipe, *pending.values())
+                has_head = {t: bool(pipe.llen(key)) for t, key in pending.items()}
+                last = pipe.incrby(k.outbox_seq, len(result.outbox))
+                ids = list(range(last - len(result.outbox) + 1, last + 1))
+            at, score = cast(str, _ts(result.event.at)), _micros(result.event.at)
+            pipe.multi()
+            self._queue_task(pipe, current, result.task)
+            pipe.rpush(k.task_events(result.event.task_id), event)
+            for entry_id, draft, payload in zip(ids, result.outbox, payloads, strict=True):
+                fields = {
+                    "id": str(entry_id),
+                    "task_id": draft.task_id,
+                    "source": draft.source,
+                    "action": draft.action,
+                    "payload": payload,
+                    "status": OutboxStatus.PENDING.value,
+                    "attempts": "0",
+                    "next_attempt_at": at,
+                    "created_at": at,
+                }
+                _hset(pipe, k.outbox_entry(entry_id), fields)
+                for index in (
+                    k.outbox_all,
+                    k.outbox_status(OutboxStatus.PENDING.value),
+                    k.outbox_task(draft.task_id),
+                ):
+                    pipe.zadd(index, {str(entry_id): entry_id})
+                pipe.rpush(k.outbox_pending(draft.task_id), str(entry_id))
+                if not has_head[draft.task_id]:
+                    pipe.zadd(k.outbox_due, {str(entry_id): score})
+                    has_head[draft.task_id] = True
+            return lambda _: result.task
+
+        return self._atomic(body, k.task(task_id))
+
+    @_translate
+    def set_task_mirror(self, task_id: str, mirror_id: str, mirror_version: str | None) -> None:
+        key = self.keys.task(task_id)
+
+        def body(pipe: Pipeline) -> Finish[None]:
+            exists = pipe.exists(key)
+            pipe.multi()
+            if exists:
+                pipe.hset(key, "mirror_id", mirror_id)
+                if mirror_version is None:
+                    pipe.hdel(key, "mirror_version")
+                else:
+                    pipe.hset(key, "mirror_version", mirror_version)
+            return lambda _: None
+
+        self._atomic(body, key)
+
+    @_translate
+    def task_history(self, task_id: str) -> list[TaskEvent]:
+        raw = cast(list[str], self._redis.lrange(self.keys.task_events(task_id), 0, -1))
+        return [_event(e) for e in raw]
+
+    # -- outbox ------------------------------------------------------------------------------
+    def _read_entries(self, index: str, pick: Callable[[Pipeline], list[int]]) -> list[OutboxEntry]:
+        """Entries whose ids `pick` reads from `index` (watched), fetched in one EXEC."""
+
+        def body(pipe: Pipeline) -> Finish[list[OutboxEntry]]:
+            ids = pick(pipe)
+            pipe.multi()
+            for entry_id in ids:
+                pipe.hgetall(self.keys.outbox_entry(entry_id))
+            return lambda replies: [_entry(h) for h in replies if h]
+
+        return self._atomic(body, index)
+
+    @_translate
+    def due_outbox(self, now: datetime, limit: int = 100) -> list[OutboxEntry]:
+        # `outbox:due` holds only the head of each task's pending list: the oldest pending
+        # entry per task. Sorting by id after the time filter matches SQLite's order.
+        def pick(pipe: Pipeline) -> list[int]:
+            heads = cast(list[str], pipe.zrangebyscore(self.keys.outbox_due, "-inf", _micros(now)))
+            ids = sorted(int(m) for m in heads)
+            return ids if limit < 0 else ids[:limit]
+
+        return self._read_entries(self.keys.outbox_due, pick)
+
+    def _outbox_change(
+        self,
+        entry_id: int,
+        fields: dict[str, str],
+        *,
+        drop: Sequence[str] = (),
+        status: OutboxStatus | None = None,
+        next_attempt_at: datetime | None = None,
+    ) -> None:
+        """Count an attempt on an entry, set `fields`; a final `status` leaves the pending list.
+
+        Keeps `outbox:due` pointing at the head of the task's pending list, with its time.
+        """
+        k, member = self.keys, str(entry_id)
+        key = k.outbox_entry(entry_id)
+
+        def body(pipe: Pipeline) -> Finish[None]:
+            entry = self._hash(pipe, key)
+            if not entry:
+                return lambda _: None
+            pending_key = k.outbox_pending(entry["task_id"])
+            _watch(pipe, pending_key)
+            pending = cast(list[str], pipe.lrange(pending_key, 0, -1))
+            leaves = status is not None and member in pending
+            remaining = [p for p in pending if p != member] if leaves else pending
+            head, new_head = pending[0] if pending else None, remaining[0] if remaining else None
+            new_score: int | None = None
+            if new_head is not None and new_head != head:
+                _watch(pipe, k.outbox_entry(new_head))
+                next_at = cast(str, pipe.hget(k.outbox_entry(new_head), "next_attempt_at"))
+                new_score = _micros(datetime.fromisoformat(next_at))
+            elif new_head == member and next_attempt_at is not None:
+                new_score = _micros(next_attempt_at)
+            pipe.multi()
+            pipe.hincrby(key, "attempts", 1)
+            _hset(pipe, key, fields)
+            if drop:
+                pipe.hdel(key, *drop)
+            if status is not None and status.value != entry["status"]:
+                pipe.zrem(k.outbox_status(entry["status"]), member)
+                pipe.zadd(k.outbox_status(status.value), {member: entry_id})
+            if leaves:
+                pipe.lrem(pending_key, 0, member)
+            if head is not None and head != new_head:
+                pipe.zrem(k.outbox_due, head)
+            if new_head is not None and new_score is not None:
+                pipe.zadd(k.outbox_due, {new_head: new_score})
+            return lambda _: None
+
+        self._atomic(body, key)
+
+    @_translate
+    def outbox_delivered(self, entry_id: int, now: datetime) -> None:
+        fields = {"status": OutboxStatus.DELIVERED.value, "delivered_at": cast(str, _ts(now))}
+        self._outbox_change(entry_id, fields, drop=["last_error"], status=OutboxStatus.DELIVERED)
+
+    @_translate
+    def outbox_retry(self, entry_id: int, error: str, next_attempt_at: datetime) -> None:
+        fields = {"last_error": error, "next_attempt_at": cast(str, _ts(next_attempt_at))}
+        self._outbox_change(entry_id, fields, next_attempt_at=next_attempt_at)
+
+    @_translate
+    def outbox_dead(self, entry_id: int, error: str) -> None:
+        fields = {"status": OutboxStatus.DEAD.value, "last_error": error}
+        self._outbox_change(entry_id, fields, status=OutboxStatus.DEAD)
+
+    @_translate
+    def list_outbox(
+        self, status: OutboxStatus | None = None, task_id: str | None = None, limit: int = 100
+    ) -> list[OutboxEntry]:
+        k = self.keys
+        if task_id is not None:
+            index = k.outbox_task(task_id)
+        elif status is not None:
+            index = k.outbox_status(status.value)
+        else:
+            index = k.outbox_all
+
+        def pick(pipe: Pipeline) -> list[int]:
+            # A task's own entries are few: read them all and filter by status afterwards.
+            stop = -1 if task_id is not None else _stop(0, limit)
+            return [int(m) for m in cast(list[str], pipe.zrange(index, 0, stop))] if limit else []
+
+        entries = self._read_entries(index, pick)
+        if task_id is not None and status is not None:
+            entries = [e for e in entries if e.status is status]
+        return entries if limit < 0 else entries[:limit]

@@ -21,6 +21,7 @@ import uvicorn
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from fhir_bridge.cli_sources import sources_app
 from fhir_bridge.config import Settings, load_settings
 from fhir_bridge.errors import FhirBridgeError
 from fhir_bridge.logging import configure_logging
@@ -229,6 +230,7 @@ mappings_app = typer.Typer(
     help="Check, test and explain mapping files.", no_args_is_help=True, add_completion=False
 )
 app.add_typer(mappings_app, name="mappings")
+app.add_typer(sources_app, name="sources")
 
 
 def _mappings_dir(folder: Path | None) -> Path:
@@ -324,6 +326,43 @@ def mappings_explain(
     _, lines = explain(rule, resource, when, others)
     for line in lines:
         out.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
+def validate(
+    resource_file: Annotated[
+        Path, typer.Argument(metavar="RESOURCE.json", help="a resource or a Bundle")
+    ],
+    profile: Annotated[
+        list[str] | None,
+        typer.Option(help="StructureDefinition url or file name in the profiles folder; repeat"),
+    ] = None,
+    profiles_dir: Annotated[
+        Path | None, typer.Option(help="profiles folder (default: from the settings)")
+    ] = None,
+) -> None:
+    """Check a resource: R4 structure, core required bindings and the given profiles."""
+    from fhir_bridge.validate.profiles import ProfileSet
+    from fhir_bridge.validate.report import format_issues, validate_file
+
+    folder = profiles_dir
+    if folder is None:
+        try:
+            folder = load_settings(_State.config).profiles_dir
+        except FhirBridgeError:
+            folder = Path("profiles")
+    try:
+        issues = validate_file(resource_file, ProfileSet.load(folder), profile or [])
+    except OSError as exc:
+        raise FhirBridgeError(f"{resource_file}: cannot read: {exc.strerror}") from None
+    if issues:
+        out.print(format_issues(issues), highlight=False, markup=False, soft_wrap=True)
+    errors = sum(i["severity"] == "error" for i in issues)
+    out.print(
+        f"{resource_file}: {errors} error(s), {len(issues) - errors} warning(s)", highlight=False
+    )
+    if errors:
+        raise typer.Exit(1)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -41,6 +41,7 @@ def make_bridge(url: str, tmp_path: Path, **source: object) -> Bridge:
         storage=StorageConfig(path=tmp_path / "bridge.db"),
         writeback=WritebackConfig(interval=0.1),
         mappings_dir=ROOT / "mappings",
+        profiles_dir=ROOT / "profiles",
     )
     return Bridge(settings, clock=lambda: NOW)
 

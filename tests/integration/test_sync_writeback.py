@@ -48,24 +48,28 @@ def _put(url: str, resource: dict) -> dict:
 
 
 async def test_invalid_resources_are_quarantined_and_the_page_proceeds(sekmet_factory, tmp_path):
-    """A Patient with an impossible birth date and an Appointment without status are quarantined
-    with their reasons; every other resource is stored and the task counts are unaffected."""
+    """A Patient with an impossible birth date, one with gender "bogus" and an Appointment without
+    status are quarantined with their reasons; every other resource is stored and the task counts are unaffected."""
     url = seeded_server(sekmet_factory, extra_settings={"validation": {"inbound": "warn"}})
     patient = _first("Patient") | {"id": "broken-patient", "birthDate": BAD_BIRTH_DATE}
     appointment = {k: v for k, v in _first("Appointment").items() if k != "status"}
     appointment["id"] = "broken-appointment"
     _put(url, patient)
     _put(url, appointment)
+    # SEKMET (like many servers) stores codes outside required bindings; the bridge does not.
+    _put(url, _first("Patient") | {"id": "bogus-gender", "gender": "bogus"})
 
     bridge = make_bridge(url, tmp_path)
     try:
         [report] = await bridge.sync_once()
         assert report.ok
-        assert report.totals.quarantined == 2
+        assert report.totals.quarantined == 3
         entries, total = bridge.store.list_quarantine("sekmet")
-        assert total == 2
+        assert total == 3
         by_id = {e.resource_id: e for e in entries}
         assert by_id["broken-patient"].issues[0]["expression"] == "Patient.birthDate"
+        assert by_id["bogus-gender"].issues[0]["expression"] == "Patient.gender"
+        assert "administrative-gender" in by_id["bogus-gender"].issues[0]["diagnostics"]
         assert by_id["broken-appointment"].issues[0]["expression"] == "Appointment.status"
         assert by_id["broken-appointment"].issues[0]["code"] == "required"
         assert bridge.store.get_resource("sekmet", "Patient", "broken-patient") is None
@@ -79,9 +83,13 @@ async def test_invalid_resources_are_quarantined_and_the_page_proceeds(sekmet_fa
             transport=httpx.ASGITransport(app=create_app(bridge)), base_url="http://b"
         ) as api:
             body = (await api.get("/quarantine")).json()
-        assert body["total"] == 2
+        assert body["total"] == 3
         assert BAD_BIRTH_DATE not in json.dumps(body), "reasons must not echo the value"
-        assert {i["resource_id"] for i in body["items"]} == {"broken-patient", "broken-appointment"}
+        assert {i["resource_id"] for i in body["items"]} == {
+            "broken-patient",
+            "broken-appointment",
+            "bogus-gender",
+        }
     finally:
         bridge.close()
 
@@ -190,6 +198,7 @@ async def test_a_failing_source_is_reported_and_the_others_sync(sekmet_factory, 
         ),
         storage=StorageConfig(path=tmp_path / "b.db"),
         mappings_dir=ROOT / "mappings",
+        profiles_dir=ROOT / "profiles",
     )
     bridge = Bridge(settings, clock=lambda: NOW)
     try:

@@ -27,6 +27,7 @@ from fhir_bridge.mapping.expr import (
     compile_expr,
     compile_template,
 )
+from fhir_bridge.mapping.guard import Guard, build_guard
 from fhir_bridge.mapping.locate import Positions
 from fhir_bridge.mapping.model import MappingFile, Queue, QueuesFile, Rule
 from fhir_bridge.tasks.model import Priority, TaskDraft, TaskStatus, task_id
@@ -100,6 +101,7 @@ class Evaluation:
     close: CloseCase | None = None
     reason: str = ""
     error: str | None = None
+    scope: _Scope | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,7 @@ class CompiledRule:
     file: str
     lets: tuple[tuple[str, Expr], ...]
     related: tuple[tuple[str, str, Expr | None], ...]
+    related_guards: Mapping[str, Guard]
     when: Expr
     patient: Expr
     title: Template
@@ -120,6 +123,7 @@ class CompiledRule:
     due: Expr | None
     close_cases: tuple[CloseCase, ...]
     on_status: Mapping[TaskStatus, tuple[dict[str, Any], ...]]
+    guard: Guard
 
     @property
     def id(self) -> str:
@@ -141,79 +145,105 @@ class CompiledRule:
         source: str,
         now: datetime,
         lookup: Lookup,
+        *,
+        full: bool = False,
     ) -> Evaluation:
-        """Evaluate the rule on `resource`: a draft when `when` holds, else the close case."""
+        """Evaluate the rule on `resource`: a draft when `when` holds.
+
+        Names (`let`, `related`, the patient) are computed only when an expression needs
+        them, and the guard skips `when` for resources that cannot match. When `when` does
+        not hold, call `close_case(ev)` to learn how an active task would close.
+
+        :param full: compute every name even if unused, and the close case (for explain).
+        """
         ev = Evaluation(self.id)
-        env: dict[str, Any] = {"now": now.astimezone(UTC).isoformat(), "source": source}
-        step = "let"
+        scope = _Scope(self, resource, lookup, ev)
+        scope.env.update(now=now.astimezone(UTC).isoformat(), source=source)
         try:
-            for name, expr in self.lets:
-                step = f"let.{name}"
-                env[name] = ev.values[f"%{name}"] = expr(resource, env)
-            step = "task.patient"
-            patient_values = self.patient(resource, env)
-            patient = str(patient_values[0]) if patient_values else None
-            ev.values["task.patient"] = patient_values
-            for name, rtype, where in self.related:
-                step = f"related.{name}"
-                found = lookup.for_patient(rtype, patient) if patient else []
-                if where is not None:
-                    found = [r for r in found if where(r, env) == [True]]
-                env[name] = found
-                ev.values[f"%{name}"] = [f"{r['resourceType']}/{r.get('id')}" for r in found]
-            step = "when"
-            result = self.when(resource, env)
+            if full:
+                scope.need(self.names, "let")
+                scope.patient()
+            failed = self.guard.fails(resource)
+            if failed is not None and not full:
+                ev.reason = f"'when' is not true ({failed} is not one of its values)"
+                ev.scope = scope
+                return ev
+            scope.need(self.when.variables, "when")
+            scope.step = "when"
+            result = self.when(resource, scope.env)
             ev.values["when"] = result
             ev.matched = result == [True]
             if ev.matched:
-                step = "task"
-                ev.draft = self._draft(resource, source, env, patient, ev)
+                ev.draft = self._draft(resource, source, scope, ev)
                 ev.reason = "'when' is true"
             else:
                 ev.reason = "'when' is not true" + ("" if result else " (empty)")
-                step = "close_when"
-                ev.close = self._close_case(resource, env, ev)
+                ev.scope = scope
+                if full:
+                    ev.close = self.close_case(ev)
         except Exception as exc:  # fhirpathpy raises bare Exception at run time
-            ev.error = f"{step}: {type(exc).__name__}: {exc}"
-            ev.reason = f"evaluation failed at {step}"
+            ev.error = f"{scope.step}: {type(exc).__name__}: {exc}"
+            ev.reason = f"evaluation failed at {scope.step}"
             ev.matched = False
             ev.draft = None
             ev.close = None
         return ev
 
-    def _close_case(
-        self, resource: dict[str, Any], env: dict[str, Any], ev: Evaluation
-    ) -> CloseCase | None:
-        for index, case in enumerate(self.close_cases):
-            if case.condition is None:
-                return case
-            holds = case.condition(resource, env)
-            ev.values[f"close_when[{index}]"] = holds
-            if holds == [True]:
-                return case
+    @property
+    def names(self) -> list[str]:
+        """Every `let` and `related` name, in definition order."""
+        return [n for n, _ in self.lets] + [n for n, _, _ in self.related]
+
+    def close_case(self, ev: Evaluation) -> CloseCase | None:
+        """How an active task closes for a resource `when` does not match (None: stays open)."""
+        scope = ev.scope
+        if scope is None or ev.matched or ev.error:
+            return None
+        try:
+            for index, case in enumerate(self.close_cases):
+                if case.condition is None:
+                    return case
+                scope.need(case.condition.variables, f"close_when[{index}]")
+                scope.step = f"close_when[{index}]"
+                holds = case.condition(scope.resource, scope.env)
+                ev.values[f"close_when[{index}]"] = holds
+                if holds == [True]:
+                    return case
+        except Exception as exc:  # fhirpathpy raises bare Exception at run time
+            ev.error = f"{scope.step}: {type(exc).__name__}: {exc}"
         return None
 
     def _draft(
-        self,
-        resource: dict[str, Any],
-        source: str,
-        env: dict[str, Any],
-        patient: str | None,
-        ev: Evaluation,
+        self, resource: dict[str, Any], source: str, scope: _Scope, ev: Evaluation
     ) -> TaskDraft:
+        env = scope.env
+        patient = scope.patient()
+        tpl = self.rule.task
         if isinstance(self.priority, Priority):
             priority = self.priority
         else:
+            scope.need(self.priority.variables, "task.priority")
+            scope.step = "task.priority"
             value = self.priority(resource, env)
             ev.values["task.priority"] = value
             if not value or str(value[0]) not in _PRIORITIES:
                 raise ValueError(f"priority expression gave {value!r}, not one of {_PRIORITIES}")
             priority = Priority(str(value[0]))
-        due_values = self.due(resource, env) if self.due else []
+        due_values: list[Any] = []
+        if self.due:
+            scope.need(self.due.variables, "task.due")
+            scope.step = "task.due"
+            due_values = self.due(resource, env)
         ev.values["task.due"] = due_values
-        title = self.title.render(resource, env)
-        labels = tuple(sorted({t.render(resource, env) for t in self.labels} - {""}))
-        tpl = self.rule.task
+
+        def render(template: Template | None, key: str) -> str | None:
+            if template is None:
+                return None
+            scope.need(template.variables, key)
+            scope.step = key
+            return template.render(resource, env)
+
+        labels = tuple(sorted({render(t, "task.labels") or "" for t in self.labels} - {""}))
         return TaskDraft(
             rule_id=self.id,
             source=source,
@@ -223,13 +253,71 @@ class CompiledRule:
             patient=patient,
             queue=tpl.queue,
             kind=tpl.kind,
-            title=title,
+            title=render(self.title, "task.title") or "",
             priority=priority,
             due=parse_when(due_values[0]) if due_values else None,
-            description=self.description.render(resource, env) if self.description else None,
+            description=render(self.description, "task.description"),
             labels=labels,
-            assignee=(self.assignee.render(resource, env) or None) if self.assignee else None,
+            assignee=render(self.assignee, "task.assignee") or None,
         )
+
+
+class _Scope:
+    """The variables of one evaluation, computed on first use."""
+
+    def __init__(
+        self, rule: CompiledRule, resource: dict[str, Any], lookup: Lookup, ev: Evaluation
+    ) -> None:
+        self.rule = rule
+        self.resource = resource
+        self.lookup = lookup
+        self.ev = ev
+        self.env: dict[str, Any] = {}
+        self.step = "let"
+        self._lets = dict(rule.lets)
+        self._related = {name: (rtype, where) for name, rtype, where in rule.related}
+        self._patient: tuple[str | None] | None = None
+
+    def patient(self) -> str | None:
+        """The task's patient reference (evaluated once)."""
+        if self._patient is None:
+            expr = self.rule.patient
+            self.need(expr.variables, "task.patient")
+            self.step = "task.patient"
+            values = expr(self.resource, self.env)
+            self.ev.values["task.patient"] = values
+            self._patient = (str(values[0]) if values else None,)
+        return self._patient[0]
+
+    def need(self, names: Iterable[str], step: str) -> None:
+        """Compute each of `names` (and what they depend on) unless already known."""
+        for name in names:
+            if name in self.env:
+                continue
+            if name in self._lets:
+                expr = self._lets[name]
+                self.need(expr.variables, step)
+                self.step = f"let.{name}"
+                self.env[name] = self.ev.values[f"%{name}"] = expr(self.resource, self.env)
+            elif name in self._related:
+                rtype, where = self._related[name]
+                patient = self.patient()
+                found = self.lookup.for_patient(rtype, patient) if patient else []
+                if where is not None:
+                    self.need(where.variables, step)
+                    self.step = f"related.{name}"
+                    guard = self.rule.related_guards[name]
+                    found = [r for r in found if _holds(guard, where, r, self.env)]
+                self.env[name] = found
+                self.ev.values[f"%{name}"] = [f"{r['resourceType']}/{r.get('id')}" for r in found]
+
+
+def _holds(guard: Guard, expr: Expr, resource: dict[str, Any], env: dict[str, Any]) -> bool:
+    """`expr` is true on `resource`, asking the guard first (it often settles it alone)."""
+    settled = guard.decide(resource)
+    if settled is not None:
+        return settled
+    return expr(resource, env) == [True]
 
 
 def parse_when(value: Any) -> datetime | None:
@@ -523,6 +611,9 @@ def _compile_rule(
         file=str(ctx.path),
         lets=tuple(lets),
         related=tuple(related),
+        related_guards={
+            name: build_guard(where.text) for name, _, where in related if where is not None
+        },
         when=when,
         patient=patient,
         title=title,
@@ -533,6 +624,7 @@ def _compile_rule(
         due=due,
         close_cases=cases,
         on_status=on_status,
+        guard=build_guard(rule.when),
     )
 
 

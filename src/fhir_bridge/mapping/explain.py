@@ -22,7 +22,7 @@ def explain(
     store: list[dict[str, Any]] | None = None,
 ) -> tuple[Evaluation, list[str]]:
     """Evaluate `rule` on `resource` and describe each step, one line each."""
-    ev = rule.evaluate(resource, "explain", now, NoLookup(store or []))
+    ev = rule.evaluate(resource, "explain", now, NoLookup(store or []), full=True)
     return ev, list(_lines(rule, resource, ev, now))
 
 

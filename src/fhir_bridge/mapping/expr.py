@@ -17,6 +17,7 @@ from fhirpathpy import compile as fhirpath_compile
 from fhirpathpy.models import models
 
 from fhir_bridge.mapping.elements import unknown_elements
+from fhir_bridge.mapping.fastpath import Fallback, compile_fast
 from fhir_bridge.mapping.syntax import fhirpath_syntax_errors
 
 _R4 = models["r4"]
@@ -26,6 +27,8 @@ _VARIABLE = re.compile(r"%([A-Za-z_][A-Za-z0-9_]*)")
 BUILTIN_VARIABLES = frozenset({"now", "context", "resource", "ucum", "sct", "loinc", "source"})
 
 Functions = Mapping[str, dict[str, Any]]
+# Tests switch the compiled subset off to compare it with fhirpathpy.
+FAST_PATH = True
 
 
 class ExpressionError(ValueError):
@@ -38,8 +41,19 @@ class Expr:
 
     text: str
     fn: Callable[[Any, Mapping[str, Any]], list[Any]]
+    fast: Callable[[Any, Mapping[str, Any]], list[Any]] | None = None
+
+    @property
+    def variables(self) -> frozenset[str]:
+        """The `%names` the expression reads (so they can be computed only when needed)."""
+        return frozenset(_VARIABLE.findall(self.text)) - BUILTIN_VARIABLES
 
     def __call__(self, resource: Any, env: Mapping[str, Any]) -> list[Any]:
+        if self.fast is not None and FAST_PATH:
+            try:
+                return self.fast(resource, env)
+            except Fallback:
+                pass  # a value the compiled subset cannot judge: fhirpathpy decides
         return self.fn(resource, env)
 
 
@@ -65,7 +79,7 @@ def compile_expr(
         fn = fhirpath_compile(text, model=_R4, options={"userInvocationTable": dict(functions)})
     except Exception as exc:  # fhirpathpy raises bare Exception
         raise ExpressionError(str(exc) or type(exc).__name__) from None
-    return Expr(text, fn)
+    return Expr(text, fn, compile_fast(text, functions))
 
 
 @dataclass(frozen=True)
@@ -84,6 +98,11 @@ class Template:
             else:
                 out.append(", ".join(str(v) for v in part(resource, env)))
         return "".join(out).strip()
+
+    @property
+    def variables(self) -> frozenset[str]:
+        """The `%names` the template's expressions read."""
+        return frozenset().union(*(p.variables for p in self.parts if isinstance(p, Expr)))
 
     @property
     def is_static(self) -> bool:

@@ -115,8 +115,8 @@ def run_case(
             result.failures.append(f"{rule.id}: evaluation failed: {ev.error}")
         elif ev.draft is not None:
             got[rule.id] = ev.draft
-        elif ev.close is not None:
-            closed[rule.id] = ev.close.status.value
+        elif (closing := rule.close_case(ev)) is not None:
+            closed[rule.id] = closing.status.value
     for rule_id, fields in case.expect.items():
         if rule_id not in got:
             result.failures.append(f"{rule_id}: expected a task, got none")

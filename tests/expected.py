@@ -103,9 +103,7 @@ def expected_active_tasks(now: datetime) -> dict[str, int]:
             and _at(p["period"]["end"]) < now
             for p in careplans
         ),
-        "medication-reconciliation": sum(
-            s["status"] in ("active", "intended") for s in statements
-        ),
+        "medication-reconciliation": sum(s["status"] in ("active", "intended") for s in statements),
         "confirm-stopped-medication": sum(
             s["status"] in ("stopped", "on-hold", "not-taken") for s in statements
         ),

@@ -9,20 +9,34 @@ from fhir_bridge.api import create_app
 from fhir_bridge.config import Settings, SourceConfig
 from fhir_bridge.runtime import Bridge
 from fhir_bridge.store import SqliteStore
+from fhir_bridge.sync.engine import dependency_order
 from fhir_bridge.tasks.model import OutboxStatus
+from tests.expected import expected_active_tasks
 from tests.utils import NOW, ROOT, sample
+
+QUEUES = {"scheduling", "follow-up", "medications", "insurance", "records"}
+
+
+def expected_open(bridge: Bridge) -> dict[str, int]:
+    """Per queue, the open tasks tests/expected.py predicts after the initial load at NOW."""
+    per_queue = dict.fromkeys(QUEUES, 0)
+    for rule_id, n in expected_active_tasks(NOW).items():
+        per_queue[bridge.rules.get(rule_id).rule.task.queue] += n
+    return per_queue
 
 
 @pytest.fixture
 def bridge() -> Bridge:
-    """A bridge whose store holds the sample Appointments, statements and requests."""
+    """A bridge whose store holds the whole sample, loaded as a first sync would at NOW."""
+    source = SourceConfig(name="ehr", base_url="http://127.0.0.1:9/fhir")
     settings = Settings(
-        sources=(SourceConfig(name="ehr", base_url="http://127.0.0.1:9/fhir"),),
+        sources=(source,),
         mappings_dir=ROOT / "mappings",
+        profiles_dir=ROOT / "profiles",
     )
     b = Bridge(settings, store=SqliteStore(":memory:"), clock=lambda: NOW)
-    for rtype in ("Patient", "Appointment", "MedicationStatement", "CoverageEligibilityRequest"):
-        b.ingestor.ingest("ehr", sample(rtype), rtype)
+    for rtype in dependency_order(source.resource_types, b.rules):
+        b.ingestor.ingest("ehr", sample(rtype), rtype, initial=True)
     yield b
     b.close()
 
@@ -40,22 +54,28 @@ def first_task(api: TestClient, queue: str = "scheduling") -> dict:
 
 
 def test_queues_list_counts_by_status(api: TestClient, bridge: Bridge):
-    """GET /queues gives each queue with counts equal to the store's."""
+    """GET /queues gives the five queues, counts equal to the store's and to tests/expected.py."""
     body = api.get("/queues").json()
     by_name = {q["queue"]: q for q in body}
-    assert set(by_name) == {"scheduling", "insurance", "medications"}
-    for name, counts in bridge.store.queue_counts().items():
+    assert set(by_name) == QUEUES
+    store_counts = bridge.store.queue_counts()
+    assert set(store_counts) == QUEUES
+    for name, counts in store_counts.items():
         assert by_name[name]["counts"]["open"] == counts["open"]
         assert by_name[name]["total"] == sum(counts.values())
+        assert by_name[name]["tasks_url"] == f"/queues/{name}/tasks"
+    assert {name: q["counts"]["open"] for name, q in by_name.items()} == expected_open(bridge)
 
 
-def test_queue_tasks_are_paginated_and_ordered(api: TestClient):
+def test_queue_tasks_are_paginated_and_ordered(api: TestClient, bridge: Bridge):
     """Pages of a queue do not overlap, cover the total, and come highest priority first."""
+    total = expected_open(bridge)["insurance"]
+    assert 10 < total <= 60
     first = api.get("/queues/insurance/tasks", params={"limit": 10}).json()
-    assert first["total"] == 27 and len(first["items"]) == 10 and first["next_offset"] == 10
+    assert first["total"] == total and len(first["items"]) == 10 and first["next_offset"] == 10
     rest = api.get("/queues/insurance/tasks", params={"limit": 50, "offset": 10}).json()
     ids = [t["id"] for t in first["items"] + rest["items"]]
-    assert len(ids) == len(set(ids)) == 27
+    assert len(ids) == len(set(ids)) == total
     assert rest["next_offset"] is None
     ranks = {"stat": 3, "asap": 2, "urgent": 1, "routine": 0}
     priorities = [ranks[t["priority"]] for t in first["items"] + rest["items"]]

@@ -48,8 +48,9 @@ def _put(url: str, resource: dict) -> dict:
 
 
 async def test_invalid_resources_are_quarantined_and_the_page_proceeds(sekmet_factory, tmp_path):
-    """A Patient with an impossible birth date, one with gender "bogus" and an Appointment without
-    status are quarantined with their reasons; every other resource is stored and the task counts are unaffected."""
+    """A Patient with an impossible birth date, one with gender "bogus" and an Appointment
+    without status are quarantined with their reasons; every other resource is stored and the
+    task counts are unaffected."""
     url = seeded_server(sekmet_factory, extra_settings={"validation": {"inbound": "warn"}})
     patient = _first("Patient") | {"id": "broken-patient", "birthDate": BAD_BIRTH_DATE}
     appointment = {k: v for k, v in _first("Appointment").items() if k != "status"}

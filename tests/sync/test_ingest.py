@@ -3,35 +3,28 @@
 from __future__ import annotations
 
 import copy
-from collections import Counter
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 
+from fhir_bridge.config import DEFAULT_RESOURCE_TYPES
 from fhir_bridge.mapping.engine import RuleSet
+from fhir_bridge.sync.engine import dependency_order
 from fhir_bridge.sync.ingest import Ingestor, IngestResult, content_hash, later
-from fhir_bridge.tasks.model import task_id
+from fhir_bridge.tasks.model import TaskStatus, task_id
+from fhir_bridge.tasks.service import TaskService
+from tests.expected import expected_active_tasks
 from tests.utils import NOW, ROOT, sample
 
 SOURCE = "main-ehr"
-MAPPED_TYPES = ["Appointment", "CoverageEligibilityRequest", "MedicationStatement"]
-
-
-def expected_tasks(resource_type: str) -> Counter[str]:
-    """Per rule, the tasks one sample file should create, counted with plain Python."""
-    expected: Counter[str] = Counter()
-    for r in sample(resource_type):
-        purpose = set(r.get("purpose", []))
-        if resource_type == "Appointment" and r["status"] == "noshow":
-            expected["no-show-outreach"] += 1
-        elif resource_type == "MedicationStatement" and r["status"] == "active":
-            expected["medication-reconciliation"] += 1
-        elif resource_type == "CoverageEligibilityRequest" and r["status"] == "active":
-            if purpose & {"validation", "benefits"}:
-                expected["verify-eligibility"] += 1
-            if "auth-requirements" in purpose:
-                expected["prior-authorization"] += 1
-    return expected
+MAPPED_TYPES = [
+    "Patient",
+    "CarePlan",
+    "Appointment",
+    "MedicationStatement",
+    "CoverageEligibilityRequest",
+]
 
 
 @pytest.fixture(scope="module")
@@ -42,28 +35,38 @@ def rules() -> RuleSet:
 
 @pytest.fixture
 def ingestor(store, rules) -> Ingestor:
-    """An Ingestor with a fixed clock."""
-    return Ingestor(store, rules, clock=lambda: NOW)
+    """An Ingestor (and its TaskService) with a fixed clock at NOW."""
+    return Ingestor(store, rules, TaskService(store, lambda: NOW, []), lambda: NOW)
 
 
 def first_noshow() -> dict[str, Any]:
-    """The first no-show Appointment of the sample."""
-    return next(a for a in sample("Appointment") if a["status"] == "noshow")
+    """The first no-show Appointment of the sample recent enough (30 days) for a task."""
+    return next(
+        a
+        for a in sample("Appointment")
+        if a["status"] == "noshow"
+        and datetime.fromisoformat(a["start"]) >= NOW - timedelta(days=30)
+    )
 
 
 @pytest.mark.parametrize("resource_type", MAPPED_TYPES)
-def test_sample_page_creates_expected_tasks(ingestor, store, resource_type):
-    """A sample file creates, per rule, as many tasks as an independent count predicts."""
+def test_sample_page_creates_expected_tasks(ingestor, store, rules, resource_type):
+    """A sample file loaded after its dependencies creates the tasks tests/expected.py predicts."""
+    order = dependency_order(DEFAULT_RESOURCE_TYPES, rules)
+    for before in order[: order.index(resource_type)]:
+        ingestor.ingest(SOURCE, sample(before), before, initial=True)
     page = sample(resource_type)
-    result = ingestor.ingest(SOURCE, page, resource_type)
-    expected = expected_tasks(resource_type)
+    result = ingestor.ingest(SOURCE, page, resource_type, initial=True)
+    counts = expected_active_tasks(NOW)
+    expected = {r.id: counts[r.id] for r in rules.for_type(resource_type) if counts[r.id]}
     assert sum(expected.values()) > 0
-    assert result.tasks_by_rule == dict(expected)
+    assert result.tasks_by_rule == expected
     assert result.tasks_created == sum(expected.values())
     assert (result.received, result.stored, result.quarantined) == (len(page), len(page), 0)
+    assert (result.tasks_closed, result.rule_errors) == (0, 0)
     for rule_id, n in expected.items():
         assert store.list_tasks(rule_id=rule_id).total == n
-    assert store.resource_counts(SOURCE) == {resource_type: len(page)}
+    assert store.resource_counts(SOURCE)[resource_type] == len(page)
 
 
 def test_same_page_again_changes_nothing(ingestor, store):
@@ -88,18 +91,79 @@ def test_new_server_version_without_content_change_is_unchanged(ingestor):
 
 
 def test_changed_resource_refreshes_its_task(ingestor, store):
-    """A no-show whose serviceType display changes updates its task's title, no new task."""
+    """A no-show whose appointment type changes updates its task's title, no new task."""
     appt = first_noshow()
     ingestor.ingest(SOURCE, [appt])
     tid = task_id("no-show-outreach", SOURCE, "Appointment", appt["id"])
+    assert store.get_task(tid).title == "Reach out after a missed routine visit"
     changed = copy.deepcopy(appt)
-    changed["serviceType"][0]["coding"][0]["display"] = "Flu vaccination"
+    changed["appointmentType"]["coding"][0]["code"] = "FOLLOWUP"
     result = ingestor.ingest(SOURCE, [changed])
     assert (result.stored, result.tasks_created, result.tasks_updated) == (1, 0, 1)
     assert store.list_tasks().total == 1
     task = store.get_task(tid)
-    assert task.title == "Reach out after a missed appointment: Flu vaccination"
+    assert task.title == "Reach out after a missed follow-up visit"
     assert task.version == 2
+
+
+def test_resource_no_longer_matching_closes_its_task(ingestor, store):
+    """A no-show corrected to fulfilled auto-closes its task, cancelled, with the rule's reason."""
+    appt = first_noshow()
+    ingestor.ingest(SOURCE, [appt])
+    tid = task_id("no-show-outreach", SOURCE, "Appointment", appt["id"])
+    result = ingestor.ingest(SOURCE, [{**appt, "status": "fulfilled"}])
+    assert (result.tasks_closed, result.tasks_created, result.tasks_updated) == (1, 0, 0)
+    task = store.get_task(tid)
+    assert task.status is TaskStatus.CANCELLED
+    last = store.task_history(tid)[-1]
+    assert (last.actor, last.action, last.from_status, last.to_status) == (
+        "bridge",
+        "auto-closed",
+        "open",
+        "cancelled",
+    )
+    assert last.detail["note"].startswith("The missed appointment is no longer recent")
+
+
+def test_claimed_task_is_closed_too(ingestor, store):
+    """A task a coordinator holds (in progress) is closed as well when its condition ends."""
+    appt = first_noshow()
+    ingestor.ingest(SOURCE, [appt])
+    tid = task_id("no-show-outreach", SOURCE, "Appointment", appt["id"])
+    ingestor.tasks.claim(tid, "alice")
+    result = ingestor.ingest(SOURCE, [{**appt, "status": "fulfilled"}])
+    assert result.tasks_closed == 1
+    assert store.get_task(tid).status is TaskStatus.CANCELLED
+
+
+def test_closed_task_stays_closed_when_its_resource_matches_again(ingestor, store):
+    """Without reopen_on_change, a resource matching again does not reopen its closed task."""
+    appt = first_noshow()
+    ingestor.ingest(SOURCE, [appt])
+    tid = task_id("no-show-outreach", SOURCE, "Appointment", appt["id"])
+    ingestor.ingest(SOURCE, [{**appt, "status": "fulfilled"}])
+    result = ingestor.ingest(SOURCE, [appt])
+    assert (result.stored, result.tasks_created, result.tasks_reopened) == (1, 0, 0)
+    assert store.get_task(tid).status is TaskStatus.CANCELLED
+    assert store.list_tasks().total == 1
+
+
+# `%now + 7 days` means 7 days after the task opened; recomputing it on every sweep pushes the
+# due date forward for ever and bumps the version under a coordinator (409 on their next move).
+def test_sweep_later_leaves_an_unchanged_task_alone(store, rules):
+    """A sweep an hour later keeps an unchanged task's due (`%now + 7 days`) and version."""
+    clock = [NOW]
+    ingestor = Ingestor(store, rules, TaskService(store, lambda: clock[0], []), lambda: clock[0])
+    statement = next(m for m in sample("MedicationStatement") if m["status"] == "active")
+    ingestor.ingest(SOURCE, [statement], "MedicationStatement", initial=True)
+    tid = task_id("medication-reconciliation", SOURCE, "MedicationStatement", statement["id"])
+    before = store.get_task(tid)
+    assert before.due == NOW + timedelta(days=7)
+    clock[0] = NOW + timedelta(hours=1)
+    result = ingestor.reevaluate()
+    after = store.get_task(tid)
+    assert (after.due, after.version) == (before.due, before.version)
+    assert result.tasks_updated == 0
 
 
 def test_invalid_resource_mid_page_is_quarantined(ingestor, store):

@@ -68,7 +68,8 @@ class ConceptMaps:
                 key = (item.get("system", ""), item.get("code", ""))
             else:
                 key = ("", str(item))
-            found.extend(table.get(key) or table.get(("", key[1])) or [])
+            # A Coding with a system must match a group of that system; a bare code, any group.
+            found.extend(table.get(key, []) if key[0] else table.get(("", key[1]), []))
         return found
 
     def functions(self) -> dict[str, dict[str, Any]]:
@@ -77,9 +78,11 @@ class ConceptMaps:
             "translate": {
                 "fn": lambda inputs, name: [c for c, _ in self._targets(inputs, name)],
                 "arity": {1: ["String"]},
+                "maps": frozenset(self.maps),
             },
             "translateDisplay": {
                 "fn": lambda inputs, name: [d or c for c, d in self._targets(inputs, name)],
                 "arity": {1: ["String"]},
+                "maps": frozenset(self.maps),
             },
         }

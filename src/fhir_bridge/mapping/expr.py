@@ -11,10 +11,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from fhirpathpy import compile as fhirpath_compile
+from fhirpathpy.engine.invocations import invocation_registry
+from fhirpathpy.engine.nodes import FP_DateTime
 from fhirpathpy.models import models
+from fhirpathpy.parser import parse
 
 from fhir_bridge.mapping.elements import unknown_elements
 from fhir_bridge.mapping.fastpath import Fallback, compile_fast
@@ -54,6 +59,11 @@ class Expr:
                 return self.fast(resource, env)
             except Fallback:
                 pass  # a value the compiled subset cannot judge: fhirpathpy decides
+        now = env.get("now")
+        if isinstance(now, str):
+            # fhirpathpy treats a text %now as a string: comparisons would be textual and
+            # `+ 2 hours` would fail. Hand it a FHIRPath dateTime instead.
+            env = {**env, "now": _fp_datetime(now)}
         return self.fn(resource, env)
 
 
@@ -73,6 +83,7 @@ def compile_expr(
             problems += unknown_elements(text, resource_type)
         known = BUILTIN_VARIABLES | set(variables)
         problems += [f"unknown variable %{n}" for n in _VARIABLE.findall(text) if n not in known]
+        problems += _function_problems(text, functions)
     if problems:
         raise ExpressionError("; ".join(problems))
     try:
@@ -80,6 +91,41 @@ def compile_expr(
     except Exception as exc:  # fhirpathpy raises bare Exception
         raise ExpressionError(str(exc) or type(exc).__name__) from None
     return Expr(text, fn, compile_fast(text, functions))
+
+
+def _function_problems(text: str, functions: Functions) -> list[str]:
+    """Functions neither FHIRPath (as fhirpathpy implements it) nor the bridge provide, and
+    ConceptMaps named in `translate(...)` that are not loaded."""
+    problems: list[str] = []
+
+    def walk(node: dict[str, Any]) -> None:
+        if node.get("type") == "Functn":
+            ident: dict[str, Any] = next(
+                (c for c in node.get("children", []) if c.get("type") == "Identifier"), {}
+            )
+            name = str(ident.get("text"))
+            if name not in invocation_registry and name not in functions:
+                problems.append(f"unknown function {name}()")
+            maps = functions.get(name, {}).get("maps")
+            params = [c for c in node.get("children", []) if c.get("type") == "ParamList"]
+            args = params[0].get("children", []) if params else []
+            if maps is not None and args and args[0].get("text", "").startswith("'"):
+                wanted = str(args[0]["text"])[1:-1]
+                if wanted not in maps:
+                    problems.append(f"no ConceptMap named {wanted!r} in the conceptmaps folder")
+        for child in node.get("children", []):
+            walk(child)
+
+    walk(parse(text))  # type: ignore[no-untyped-call]
+    return problems
+
+
+@lru_cache(maxsize=64)
+def _fp_datetime(text: str) -> Any:
+    """A FHIRPath dateTime in the one form fhirpathpy 2.2 adds hours to: with milliseconds
+    (`...T12:00:00+00:00` without them makes it fail with UnboundLocalError)."""
+    moment = datetime.fromisoformat(text).astimezone(UTC)
+    return FP_DateTime(moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "+00:00")  # type: ignore[no-untyped-call]
 
 
 @dataclass(frozen=True)

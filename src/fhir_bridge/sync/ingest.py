@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -267,18 +267,26 @@ class Ingestor:
         *,
         focus_changed: bool,
     ) -> None:
+        if not focus_changed and rule.rule.trigger == "new":
+            if self.store.get_task(rule.task_id(source, resource)) is None:
+                return  # a re-evaluation never makes a resource "new"
         ev = rule.evaluate(resource, source, now, lookup)
         if ev.error:
             self._rule_failed(rule, resource, ev.error, result)
             return
         if ev.draft is not None:
-            existing = self.store.get_task(ev.draft.id)
+            draft = ev.draft
+            existing = self.store.get_task(draft.id)
             if existing is not None and not existing.is_active:
                 if not (rule.rule.reopen_on_change and focus_changed):
                     return  # a closed task stays closed until its resource changes again
                 self.tasks.reopen(existing.id, "the resource changed and needs attention again")
                 result.tasks_reopened += 1
-            outcome = self.store.upsert_task(ev.draft, now)
+            elif existing is not None and not focus_changed:
+                # Re-evaluation (a sweep, a related resource) must not move the due date of
+                # `%now + 7 days` forward each time: it was set when the resource changed.
+                draft = replace(draft, due=existing.due)
+            outcome = self.store.upsert_task(draft, now)
             if outcome.created:
                 result.tasks_created += 1
                 result.tasks_by_rule[rule.id] = result.tasks_by_rule.get(rule.id, 0) + 1

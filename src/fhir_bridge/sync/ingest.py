@@ -194,10 +194,16 @@ class Ingestor:
         result = IngestResult()
         now = self.clock()
         lookup = StoreLookup(self.store, source)
+        # (rule id, patient) pairs whose `related` resources changed in this page; evaluated
+        # once each after the page, however many of the patient's resources arrived.
+        dependents: dict[tuple[str, str], CompiledRule] = {}
         with self.store.batch():
             for resource in resources:
                 result.received += 1
-                self._one(source, resource, expected_type, now, lookup, initial, result)
+                self._one(source, resource, expected_type, now, lookup, initial, result, dependents)
+            for (_, patient), rule in dependents.items():
+                for other in self.store.resources_for_patient(source, patient, rule.resource_type):
+                    self._apply(rule, source, other.body, now, lookup, result, focus_changed=False)
         return result
 
     def reevaluate(self, source: str | None = None) -> IngestResult:
@@ -223,6 +229,7 @@ class Ingestor:
         lookup: StoreLookup,
         initial: bool,
         result: IngestResult,
+        dependents: dict[tuple[str, str], CompiledRule],
     ) -> None:
         issues = self.check(source, resource, expected_type)
         if isinstance(resource, dict):
@@ -253,8 +260,7 @@ class Ingestor:
         patient = patient_reference(resource)
         if patient:
             for rule in self.rules.dependents(rtype):
-                for other in self.store.resources_for_patient(source, patient, rule.resource_type):
-                    self._apply(rule, source, other.body, now, lookup, result, focus_changed=False)
+                dependents[(rule.id, patient)] = rule
 
     def _apply(
         self,

@@ -104,7 +104,8 @@ def _print_reports(reports: list[SourceReport]) -> bool:
             out.print(
                 f"{report.source} {t.resource_type}: {r.received} received, {r.stored} stored, "
                 f"{r.unchanged} unchanged, {r.quarantined} quarantined, "
-                f"{r.tasks_created} tasks created, {r.tasks_updated} updated "
+                f"tasks: {r.tasks_created} opened, {r.tasks_updated} refreshed, "
+                f"{r.tasks_closed} closed, {r.tasks_reopened} reopened "
                 f"({t.seconds:.2f} s) {status}",
                 highlight=False,
                 soft_wrap=True,

@@ -21,6 +21,7 @@ import uvicorn
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from fhir_bridge.cli_outbox import outbox_app
 from fhir_bridge.cli_sources import sources_app
 from fhir_bridge.config import Settings, load_settings
 from fhir_bridge.errors import FhirBridgeError
@@ -232,6 +233,7 @@ mappings_app = typer.Typer(
 )
 app.add_typer(mappings_app, name="mappings")
 app.add_typer(sources_app, name="sources")
+app.add_typer(outbox_app, name="outbox")
 
 
 def _mappings_dir(folder: Path | None) -> Path:

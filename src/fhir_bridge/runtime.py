@@ -9,15 +9,20 @@ from __future__ import annotations
 import asyncio
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from typing import Any
+
+from structlog.contextvars import bound_contextvars
 
 from fhir_bridge.config import Settings, SourceConfig
 from fhir_bridge.fhir import FhirClient
 from fhir_bridge.logging import get_logger
 from fhir_bridge.mapping.engine import Problem, RuleSet, compile_folder
+from fhir_bridge.metrics import BridgeMetrics
 from fhir_bridge.sources import client_for
 from fhir_bridge.store import Store, open_store
-from fhir_bridge.sync.engine import Progress, SourceReport, sync_source
+from fhir_bridge.sync.engine import Progress, SourceReport, new_job_id, sync_source
 from fhir_bridge.sync.ingest import Clock, Ingestor, ProfilePolicy, utcnow
+from fhir_bridge.tasks.model import TaskStatus
 from fhir_bridge.tasks.service import TaskService
 from fhir_bridge.validate.profiles import ProfileSet
 from fhir_bridge.writeback.delivery import Delivery, DeliveryStats
@@ -47,7 +52,10 @@ class Bridge:
         self.rules = RuleSet.load(settings.mappings_dir)
         self.store = store if store is not None else open_store(settings.storage)
         self.tasks = TaskService(
-            self.store, clock, [s.name for s in settings.sources if s.writeback]
+            self.store,
+            clock,
+            [s.name for s in settings.sources if s.writeback],
+            actions_for=self.actions_for,
         )
         self.profiles = ProfileSet.load(settings.profiles_dir)
         for source in settings.sources:
@@ -64,6 +72,16 @@ class Bridge:
             },
         )
         self.source_state = {s.name: SourceState() for s in settings.sources}
+        # One registry per bridge (see fhir_bridge.metrics): tests never share a series.
+        self.metrics = BridgeMetrics(
+            self.store, clock, {s.name: list(s.resource_types) for s in settings.sources}
+        )
+        self.metrics.rules_loaded.set(len(self.rules.rules))
+
+    def actions_for(self, rule_id: str, status: TaskStatus) -> tuple[dict[str, Any], ...]:
+        """The `on_status` actions of a rule in force for a status (none for unknown rules)."""
+        rule = self.rules.get(rule_id)
+        return rule.on_status.get(status, ()) if rule is not None else ()
 
     def reload_rules(self) -> list[Problem]:
         """Re-read the mapping folder; swap the rules in only if it compiles without problems.
@@ -81,6 +99,7 @@ class Bridge:
             return problems
         self.rules = ruleset
         self.ingestor.rules = ruleset
+        self.metrics.rules_loaded.set(len(ruleset.rules))
         log.info("mappings_reloaded", rules=len(ruleset.rules))
         return []
 
@@ -105,13 +124,17 @@ class Bridge:
         if not interval:
             return
         while not await _wait(stop, interval):
-            result = await asyncio.to_thread(self.ingestor.reevaluate)
-            log.info(
-                "rules_reevaluated",
-                tasks_created=result.tasks_created,
-                tasks_closed=result.tasks_closed,
-                rule_errors=result.rule_errors,
-            )
+            with bound_contextvars(job_id=new_job_id(), job="reevaluate"):
+                await self._reevaluate()
+
+    async def _reevaluate(self) -> None:
+        result = await asyncio.to_thread(self.ingestor.reevaluate)
+        log.info(
+            "rules_reevaluated",
+            tasks_created=result.tasks_created,
+            tasks_closed=result.tasks_closed,
+            rule_errors=result.rule_errors,
+        )
 
     def close(self) -> None:
         """Close the store."""
@@ -120,13 +143,20 @@ class Bridge:
     async def _sync_with(
         self, source: SourceConfig, client: FhirClient, *, full: bool, progress: Progress | None
     ) -> SourceReport:
-        report = await sync_source(source, client, self.ingestor, full=full, progress=progress)
+        report = await sync_source(
+            source, client, self.ingestor, full=full, progress=progress, metrics=self.metrics
+        )
         state = self.source_state[source.name]
         state.runs += 1
         state.last_run = self.clock().isoformat()
         state.last_ok = report.ok
         state.last_error = next((t.error for t in report.types if t.error), None)
+        self.metrics.observe_source(source.name, ok=report.ok)
         return report
+
+    def client(self, source: SourceConfig) -> FhirClient:
+        """An (unopened) FHIR client for `source` that reports to this bridge's metrics."""
+        return client_for(source, observer=self.metrics)
 
     async def sync_once(
         self, *, full: bool = False, progress: Progress | None = None, only: str | None = None
@@ -135,21 +165,22 @@ class Bridge:
         sources = [s for s in self.settings.sources if only is None or s.name == only]
 
         async def one(source: SourceConfig) -> SourceReport:
-            async with client_for(source) as client:
+            async with self.client(source) as client:
                 return await self._sync_with(source, client, full=full, progress=progress)
 
         return list(await asyncio.gather(*(one(s) for s in sources)))
 
     async def deliver_once(self) -> DeliveryStats:
-        """One scan of the outbox."""
+        """One scan of the outbox (its log lines share one `job_id`)."""
         async with AsyncExitStack() as stack:
+            stack.enter_context(bound_contextvars(job_id=new_job_id(), job="outbox"))
             clients = {
-                s.name: await stack.enter_async_context(client_for(s))
+                s.name: await stack.enter_async_context(self.client(s))
                 for s in self.settings.sources
                 if s.writeback
             }
             return await Delivery(
-                self.store, clients, self.settings.writeback, self.clock
+                self.store, clients, self.settings.writeback, self.clock, self.metrics
             ).deliver_due()
 
     async def run_loops(
@@ -158,7 +189,7 @@ class Bridge:
         """Sync every source on its poll interval and deliver the outbox, until `stop` is set."""
         async with AsyncExitStack() as stack:
             clients = {
-                s.name: await stack.enter_async_context(client_for(s))
+                s.name: await stack.enter_async_context(self.client(s))
                 for s in self.settings.sources
             }
             jobs = []
@@ -167,7 +198,9 @@ class Bridge:
                 jobs += [self._watch_mappings(stop), self._sweep(stop)]
             if writeback:
                 wb_clients = {s.name: clients[s.name] for s in self.settings.sources if s.writeback}
-                delivery = Delivery(self.store, wb_clients, self.settings.writeback, self.clock)
+                delivery = Delivery(
+                    self.store, wb_clients, self.settings.writeback, self.clock, self.metrics
+                )
                 jobs.append(delivery.run(stop))
             await asyncio.gather(*jobs)
 

@@ -10,6 +10,7 @@ from fhir_bridge.errors import ConfigError
 from fhir_bridge.fhir import FhirClient, RetryPolicy
 from fhir_bridge.fhir.auth import BasicAuth, SmartBackendAuth, bearer_auth
 from fhir_bridge.fhir.capabilities import CompatibilityReport, check_server
+from fhir_bridge.fhir.client import RequestObserver
 
 CHECK_RETRY = RetryPolicy(attempts=2, max_wait=5.0)  # a check should answer soon, not in minutes
 
@@ -49,11 +50,13 @@ def client_for(
     *,
     retry: RetryPolicy | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    observer: RequestObserver | None = None,
 ) -> FhirClient:
     """An (unopened) FHIR client for `source`, with its auth, limits and retry policy.
 
     :param retry: overrides the policy from the settings (``sources check`` retries less).
     :param transport: replaces the network (FHIR and token calls), for tests.
+    :param observer: told about every request and retry (the bridge's metrics).
     """
     return FhirClient(
         source.url,
@@ -63,6 +66,7 @@ def client_for(
         retry=retry or RetryPolicy(attempts=source.retry_attempts, max_wait=source.retry_max_wait),
         transport=transport,
         source=source.name,
+        observer=observer,
     )
 
 

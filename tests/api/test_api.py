@@ -114,7 +114,12 @@ def test_claim_then_complete_records_history_and_outbox(api: TestClient, bridge:
     detail = api.get(f"/tasks/{task['id']}").json()
     assert [e["to_status"] for e in detail["history"]] == ["open", "in-progress", "completed"]
     entries = bridge.store.list_outbox(task_id=task["id"])
-    assert [e.payload["status"] for e in entries] == ["in-progress", "completed"]
+    # the mirror per change, then the rule's on_status actions for 'completed'
+    assert [(e.action, e.payload["status"]) for e in entries][:2] == [
+        ("task-mirror", "in-progress"),
+        ("task-mirror", "completed"),
+    ]
+    assert all(e.action != "task-mirror" for e in entries[2:])
     assert all(e.status is OutboxStatus.PENDING for e in entries)
 
 

@@ -110,10 +110,20 @@ async def test_completing_a_task_in_the_api_writes_a_completed_fhir_task(seeded_
             assert stats.delivered == 1  # the claim's write goes first (ordering per task)
             stats = await bridge.deliver_once()
             assert stats.delivered == 1
+            # then the rule's on_status action: the outreach Communication
+            assert (await bridge.deliver_once()).delivered == 1
             assert (await bridge.deliver_once()).delivered == 0
 
             detail = (await api.get(f"/tasks/{task['id']}")).json()
-            assert [w["status"] for w in detail["writeback"]] == ["delivered", "delivered"]
+            assert [w["status"] for w in detail["writeback"]] == ["delivered"] * 3
+            scrape = (await api.get("/metrics")).text
+            delivered = [
+                line
+                for line in scrape.splitlines()
+                if line.startswith("fhir_bridge_outbox_deliveries_total{")
+                and 'outcome="delivered"' in line
+            ]
+            assert sum(float(line.rsplit(" ", 1)[1]) for line in delivered) == 3.0
             assert detail["task"]["mirror"].startswith("Task/")
 
         async with httpx.AsyncClient(base_url=seeded_url) as fhir:

@@ -738,3 +738,98 @@ def test_outbox_changes_to_unknown_entries_are_ignored(engine_store):
     engine_store.outbox_retry(999, "timeout", NOW)
     engine_store.outbox_dead(999, "gone")
     assert engine_store.list_outbox() == []
+
+
+def test_get_outbox_reads_one_entry(engine_store):
+    """get_outbox returns the entry as listed, and None for an unknown id."""
+    task = engine_store.upsert_task(draft(), NOW).task
+    engine_store.update_task(task.id, mirror_change(TaskStatus.IN_PROGRESS, NOW, {"n": 1}))
+    (listed,) = engine_store.list_outbox()
+    assert engine_store.get_outbox(listed.id) == listed
+    assert listed.detail is None
+    assert engine_store.get_outbox(999) is None
+
+
+def test_outbox_park_keeps_detail_and_unblocks_the_task(engine_store):
+    """A parked entry keeps its status, error and detail; the task's next entry becomes due."""
+    task = engine_store.upsert_task(draft(), NOW).task
+    change = mirror_change(TaskStatus.IN_PROGRESS, NOW, {"n": 1}, {"n": 2}, {"n": 3})
+    engine_store.update_task(task.id, change)
+    first, second, _ = engine_store.list_outbox()
+    diff = {"fields": [{"path": "status", "ours": "booked", "theirs": "cancelled"}]}
+    engine_store.outbox_park(first.id, OutboxStatus.CONFLICT, "the EHR moved on", diff)
+    engine_store.outbox_park(second.id, OutboxStatus.DEAD, "HTTP 422", {"status": 422})
+    parked = engine_store.get_outbox(first.id)
+    assert (parked.status, parked.attempts, parked.last_error, parked.detail) == (
+        OutboxStatus.CONFLICT,
+        1,
+        "the EHR moved on",
+        diff,
+    )
+    assert engine_store.get_outbox(second.id).detail == {"status": 422}
+    assert [e.payload["n"] for e in engine_store.due_outbox(NOW)] == [3]
+    assert [e.id for e in engine_store.list_outbox(status=OutboxStatus.CONFLICT)] == [first.id]
+    with pytest.raises(ValueError, match="dead or conflict"):
+        engine_store.outbox_park(first.id, OutboxStatus.DELIVERED, "no", {})
+
+
+def test_outbox_requeue_puts_an_entry_back_in_order(engine_store):
+    """A requeued dead entry is pending again with a fresh budget and goes before later ones."""
+    task = engine_store.upsert_task(draft(), NOW).task
+    engine_store.update_task(
+        task.id, mirror_change(TaskStatus.IN_PROGRESS, NOW, {"n": 1}, {"n": 2})
+    )
+    first, second = engine_store.list_outbox()
+    engine_store.outbox_retry(first.id, "timeout", NOW)
+    engine_store.outbox_park(first.id, OutboxStatus.DEAD, "budget spent", {"status": 503})
+    assert [e.id for e in engine_store.due_outbox(NOW)] == [second.id]
+    later = NOW + timedelta(minutes=1)
+    assert engine_store.outbox_requeue(first.id, later) is True
+    requeued = engine_store.get_outbox(first.id)
+    assert (requeued.status, requeued.attempts, requeued.next_attempt_at) == (
+        OutboxStatus.PENDING,
+        0,
+        later,
+    )
+    assert engine_store.due_outbox(NOW) == []
+    assert [e.id for e in engine_store.due_outbox(later)] == [first.id]
+    engine_store.outbox_delivered(first.id, later)
+    assert [e.id for e in engine_store.due_outbox(later)] == [second.id]
+
+
+def test_outbox_requeue_only_dead_or_conflict(engine_store):
+    """Requeue refuses pending, delivered, discarded and unknown entries."""
+    task = engine_store.upsert_task(draft(), NOW).task
+    engine_store.update_task(
+        task.id, mirror_change(TaskStatus.IN_PROGRESS, NOW, {"n": 1}, {"n": 2})
+    )
+    first, second = engine_store.list_outbox()
+    assert engine_store.outbox_requeue(first.id, NOW) is False
+    engine_store.outbox_delivered(first.id, NOW)
+    assert engine_store.outbox_requeue(first.id, NOW) is False
+    engine_store.outbox_discard(second.id, "not needed")
+    assert engine_store.outbox_requeue(second.id, NOW) is False
+    assert engine_store.outbox_requeue(999, NOW) is False
+    assert engine_store.get_outbox(first.id).status is OutboxStatus.DELIVERED
+
+
+def test_outbox_discard_takes_an_entry_out_of_delivery(engine_store):
+    """A discarded entry keeps the reason, leaves delivery, and cannot be discarded twice."""
+    task = engine_store.upsert_task(draft(), NOW).task
+    engine_store.update_task(
+        task.id, mirror_change(TaskStatus.IN_PROGRESS, NOW, {"n": 1}, {"n": 2})
+    )
+    first, second = engine_store.list_outbox()
+    assert engine_store.outbox_discard(first.id, "operator: duplicate") is True
+    gone = engine_store.get_outbox(first.id)
+    assert (gone.status, gone.last_error, gone.attempts) == (
+        OutboxStatus.DISCARDED,
+        "operator: duplicate",
+        0,
+    )
+    assert [e.id for e in engine_store.due_outbox(NOW)] == [second.id]
+    assert engine_store.outbox_discard(first.id, "again") is False
+    engine_store.outbox_delivered(second.id, NOW)
+    assert engine_store.outbox_discard(second.id, "late") is False
+    assert engine_store.outbox_discard(999, "unknown") is False
+    assert engine_store.due_outbox(NOW) == []

@@ -221,6 +221,10 @@ CALLS: dict[str, Callable[[Store], object]] = {
     "outbox_retry": lambda s: s.outbox_retry(1, "x", NOW),
     "outbox_dead": lambda s: s.outbox_dead(1, "x"),
     "list_outbox": lambda s: s.list_outbox(),
+    "get_outbox": lambda s: s.get_outbox(1),
+    "outbox_park": lambda s: s.outbox_park(1, OutboxStatus.DEAD, "x", {}),
+    "outbox_requeue": lambda s: s.outbox_requeue(1, NOW),
+    "outbox_discard": lambda s: s.outbox_discard(1, "x"),
 }
 
 

@@ -7,7 +7,8 @@ from typing import Any
 from fastapi import FastAPI
 
 from fhir_bridge.api import errors
-from fhir_bridge.api.routes import ops, queues, tasks
+from fhir_bridge.api.middleware import RequestContextMiddleware
+from fhir_bridge.api.routes import health, ops, outbox, queues, tasks
 from fhir_bridge.runtime import Bridge
 
 
@@ -23,6 +24,9 @@ def create_app(bridge: Bridge) -> FastAPI:
     app.include_router(queues.router)
     app.include_router(tasks.router)
     app.include_router(ops.router)
+    app.include_router(outbox.router)
+    app.include_router(health.router)
+    app.add_middleware(RequestContextMiddleware, metrics=bridge.metrics)
 
     @app.get("/", include_in_schema=False)
     def index() -> dict[str, Any]:
@@ -31,6 +35,9 @@ def create_app(bridge: Bridge) -> FastAPI:
             "queues": "/queues",
             "sources": "/sources",
             "quarantine": "/quarantine",
+            "health": "/healthz",
+            "ready": "/readyz",
+            "metrics": "/metrics",
             "docs": "/docs",
         }
 

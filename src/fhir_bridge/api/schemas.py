@@ -98,6 +98,9 @@ class WritebackOut(BaseModel):
     last_error: str | None
     created_at: datetime
     delivered_at: datetime | None
+    detail: dict[str, Any] | None = Field(
+        default=None, description="for a conflict: which fields, ours vs theirs"
+    )
 
 
 class TaskDetail(BaseModel):

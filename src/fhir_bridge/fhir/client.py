@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import structlog
@@ -106,6 +106,21 @@ class _Call:
         return f"{self.method} {target} on source {source}"
 
 
+class RequestObserver(Protocol):
+    """Receives one call per request attempt and per retry (e.g. Prometheus metrics).
+
+    Arguments are low-cardinality on purpose: never an id, a URL or a query.
+    """
+
+    def request(
+        self, source: str, method: str, resource_type: str, status: int | None, seconds: float
+    ) -> None:
+        """One attempt ended with `status` (``None``: no response, a network error)."""
+
+    def retry(self, source: str, method: str, resource_type: str, status: int | None) -> None:
+        """A temporary failure with `status` is about to be retried."""
+
+
 _DEFAULT_RETRY = RetryPolicy()
 
 
@@ -120,6 +135,7 @@ class FhirClient:
     :param source: the configured source id, used in error messages and logs.
     :param sleep: awaited between retries; tests pass a recorder.
     :param max_pages: a search that has more pages fails with ``MalformedResponse``.
+    :param observer: told about every attempt and retry (metrics); ``None`` for none.
     """
 
     def __init__(
@@ -134,6 +150,7 @@ class FhirClient:
         source: str = "",
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         max_pages: int = DEFAULT_MAX_PAGES,
+        observer: RequestObserver | None = None,
     ) -> None:
         self._base = httpx.URL(base_url.rstrip("/") + "/")
         if self._base.scheme not in _DEFAULT_PORTS or not self._base.host or self._base.query:
@@ -148,6 +165,7 @@ class FhirClient:
         self._source = source
         self._sleep = sleep
         self._max_pages = max_pages
+        self._observer = observer
         self._http: httpx.AsyncClient | None = None
 
     async def __aenter__(self) -> FhirClient:
@@ -364,27 +382,33 @@ class FhirClient:
         self, call: _Call, status: int | None, started: float, error: str | None = None
     ) -> None:
         # Deliberately no URL, query or body: search values and resources are PHI.
+        seconds = time.perf_counter() - started
         log.info(
             "fhir_request",
             source=self._source,
             method=call.method,
             resource_type=call.resource_type,
             status=status,
-            elapsed_ms=round((time.perf_counter() - started) * 1000, 1),
+            elapsed_ms=round(seconds * 1000, 1),
             **({"error": error} if error else {}),
         )
+        if self._observer is not None:
+            self._observer.request(self._source, call.method, call.resource_type, status, seconds)
 
     def _log_retry(self, call: _Call, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
+        status = exc.status if isinstance(exc, FhirRequestError) else None
         log.warning(
             "fhir_request_retrying",
             source=self._source,
             method=call.method,
             resource_type=call.resource_type,
-            status=exc.status if isinstance(exc, FhirRequestError) else None,
+            status=status,
             attempt=state.attempt_number,
             wait=state.upcoming_sleep,
         )
+        if self._observer is not None:
+            self._observer.retry(self._source, call.method, call.resource_type, status)
 
 
 def _retry_wait(policy: RetryPolicy, state: RetryCallState) -> float:

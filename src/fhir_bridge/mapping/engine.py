@@ -36,6 +36,7 @@ from fhir_bridge.validate.parse import is_known_type
 log = get_logger("mapping")
 
 QUEUES_FILE = "queues.yaml"
+ACTION_VARIABLES = ("note", "coordinator")  # given to on_status actions by write-back
 CONCEPTMAPS_DIR = "conceptmaps"
 TESTS_DIR = "tests"
 _PRIORITIES = {p.value for p in Priority}
@@ -602,7 +603,16 @@ def _compile_rule(
     )
     assignee = template(tpl.assignee, ["task", "assignee"])
     cases = _close_cases(rule, expr)
-    on_status = _on_status(rule, ctx, loc, expr)
+
+    def action_expr(text: str, key: Sequence[str | int], on: str | None = rtype) -> Expr | None:
+        # Write-back actions also see the coordinator's %note and %coordinator id.
+        try:
+            return compile_expr(text, on, [*names, *ACTION_VARIABLES], functions)
+        except ExpressionError as exc:
+            ctx.add([*loc, *key], rule.id, ".".join(map(str, key)), f"FHIRPath: {exc}")
+            return None
+
+    on_status = _on_status(rule, ctx, loc, action_expr)
     if len(ctx.problems) > before:
         return None
     assert when and patient and title and priority is not None  # noqa: S101  (no problems)

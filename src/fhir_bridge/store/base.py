@@ -209,6 +209,35 @@ class Store(abc.ABC):
     ) -> list[OutboxEntry]:
         """Outbox entries, oldest first."""
 
+    @abc.abstractmethod
+    def get_outbox(self, entry_id: int) -> OutboxEntry | None:
+        """One outbox entry (with its `detail`), or None."""
+
+    @abc.abstractmethod
+    def outbox_park(
+        self, entry_id: int, status: OutboxStatus, error: str, detail: dict[str, Any]
+    ) -> None:
+        """Count an attempt and take an entry out of delivery as DEAD or CONFLICT, keeping
+        `detail` (an OperationOutcome, a diff) for the operator and the coordinator.
+
+        :raises ValueError: `status` is not DEAD or CONFLICT.
+        """
+
+    @abc.abstractmethod
+    def outbox_requeue(self, entry_id: int, now: datetime) -> bool:
+        """Put a DEAD or CONFLICT entry back to pending, due at `now`, with a fresh retry
+        budget (attempts 0); it keeps its place among its task's pending entries (by id).
+
+        :returns: False when there is no such entry or it is not DEAD or CONFLICT.
+        """
+
+    @abc.abstractmethod
+    def outbox_discard(self, entry_id: int, reason: str) -> bool:
+        """Give up on an entry that is not delivered (status DISCARDED, `reason` as its error).
+
+        :returns: False when there is no such entry or it is delivered or already discarded.
+        """
+
     def iter_tasks(self, **filters: Any) -> Iterator[Task]:
         """Every task matching `filters` (as `list_tasks`), page by page."""
         offset = 0

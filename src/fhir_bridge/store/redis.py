@@ -233,6 +233,7 @@ def _entry(h: dict[str, str]) -> OutboxEntry:
         last_error=h.get("last_error"),
         created_at=datetime.fromisoformat(h["created_at"]),
         delivered_at=_dt(h.get("delivered_at")),
+        detail=json.loads(h["detail"]) if h.get("detail") else None,
     )
 
 
@@ -772,18 +773,24 @@ class RedisStore(Store):
         drop: Sequence[str] = (),
         status: OutboxStatus | None = None,
         next_attempt_at: datetime | None = None,
-    ) -> None:
+        count: bool = True,
+        only_from: Sequence[OutboxStatus] | None = None,
+    ) -> bool:
         """Count an attempt on an entry, set `fields`; a final `status` leaves the pending list.
 
         Keeps `outbox:due` pointing at the head of the task's pending list, with its time.
+        `count=False` leaves the attempts alone; `only_from` restricts the statuses the entry
+        may be in (otherwise nothing changes and the result is False).
         """
         k, member = self.keys, str(entry_id)
         key = k.outbox_entry(entry_id)
 
-        def body(pipe: Pipeline) -> Finish[None]:
+        def body(pipe: Pipeline) -> Finish[bool]:
             entry = self._hash(pipe, key)
-            if not entry:
-                return lambda _: None
+            if not entry or (
+                only_from is not None and entry["status"] not in {s.value for s in only_from}
+            ):
+                return lambda _: False
             pending_key = k.outbox_pending(entry["task_id"])
             _watch(pipe, pending_key)
             pending = cast(list[str], pipe.lrange(pending_key, 0, -1))
@@ -798,7 +805,8 @@ class RedisStore(Store):
             elif new_head == member and next_attempt_at is not None:
                 new_score = _micros(next_attempt_at)
             pipe.multi()
-            pipe.hincrby(key, "attempts", 1)
+            if count:
+                pipe.hincrby(key, "attempts", 1)
             _hset(pipe, key, fields)
             if drop:
                 pipe.hdel(key, *drop)
@@ -811,9 +819,9 @@ class RedisStore(Store):
                 pipe.zrem(k.outbox_due, head)
             if new_head is not None and new_score is not None:
                 pipe.zadd(k.outbox_due, {new_head: new_score})
-            return lambda _: None
+            return lambda _: True
 
-        self._atomic(body, key)
+        return self._atomic(body, key)
 
     @_translate
     def outbox_delivered(self, entry_id: int, now: datetime) -> None:
@@ -851,3 +859,65 @@ class RedisStore(Store):
         if task_id is not None and status is not None:
             entries = [e for e in entries if e.status is status]
         return entries if limit < 0 else entries[:limit]
+
+    @_translate
+    def get_outbox(self, entry_id: int) -> OutboxEntry | None:
+        h = self._hash(self._redis, self.keys.outbox_entry(entry_id))
+        return _entry(h) if h else None
+
+    @_translate
+    def outbox_park(
+        self, entry_id: int, status: OutboxStatus, error: str, detail: dict[str, Any]
+    ) -> None:
+        if status not in (OutboxStatus.DEAD, OutboxStatus.CONFLICT):
+            raise ValueError(f"an entry is parked as dead or conflict, not {status.value}")
+        fields = {"status": status.value, "last_error": error, "detail": json.dumps(detail)}
+        self._outbox_change(entry_id, fields, status=status)
+
+    @_translate
+    def outbox_discard(self, entry_id: int, reason: str) -> bool:
+        fields = {"status": OutboxStatus.DISCARDED.value, "last_error": reason}
+        return self._outbox_change(
+            entry_id,
+            fields,
+            status=OutboxStatus.DISCARDED,
+            count=False,
+            only_from=(OutboxStatus.PENDING, OutboxStatus.DEAD, OutboxStatus.CONFLICT),
+        )
+
+    @_translate
+    def outbox_requeue(self, entry_id: int, now: datetime) -> bool:
+        k, member = self.keys, str(entry_id)
+        key = k.outbox_entry(entry_id)
+
+        def body(pipe: Pipeline) -> Finish[bool]:
+            entry = self._hash(pipe, key)
+            if entry.get("status") not in (OutboxStatus.DEAD.value, OutboxStatus.CONFLICT.value):
+                return lambda _: False
+            pending_key = k.outbox_pending(entry["task_id"])
+            _watch(pipe, pending_key)
+            pending = cast(list[str], pipe.lrange(pending_key, 0, -1))
+            # Back in its place by id: a task's writes still go out oldest first.
+            ordered = sorted({*pending, member}, key=int)
+            head, new_head = (pending[0] if pending else None), ordered[0]
+            pipe.multi()
+            _hset(
+                pipe,
+                key,
+                {
+                    "status": OutboxStatus.PENDING.value,
+                    "attempts": "0",
+                    "next_attempt_at": cast(str, _ts(now)),
+                },
+            )
+            pipe.zrem(k.outbox_status(entry["status"]), member)
+            pipe.zadd(k.outbox_status(OutboxStatus.PENDING.value), {member: entry_id})
+            pipe.delete(pending_key)
+            pipe.rpush(pending_key, *ordered)
+            if new_head != head:
+                if head is not None:
+                    pipe.zrem(k.outbox_due, head)
+                pipe.zadd(k.outbox_due, {new_head: _micros(now)})
+            return lambda _: True
+
+        return self._atomic(body, key)

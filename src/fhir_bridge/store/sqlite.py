@@ -78,6 +78,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_at TEXT NOT NULL, delivered_at TEXT
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (status, task_id, id);
+CREATE TABLE IF NOT EXISTS outbox_detail (id INTEGER PRIMARY KEY, detail TEXT NOT NULL);
 """
 
 _PRIORITY_RANK = {Priority.ROUTINE: 0, Priority.URGENT: 1, Priority.ASAP: 2, Priority.STAT: 3}
@@ -185,7 +186,12 @@ def _outbox_from_row(row: sqlite3.Row) -> OutboxEntry:
         last_error=row["last_error"],
         created_at=created,
         delivered_at=_dt(row["delivered_at"]),
+        detail=json.loads(row["detail"]) if row["detail"] else None,
     )
+
+
+# Outbox rows with their detail (kept in a side table so older store files need no migration).
+_OUTBOX_SELECT = "SELECT o.*, d.detail FROM outbox o LEFT JOIN outbox_detail d ON d.id = o.id"
 
 
 class SqliteStore(Store):
@@ -571,7 +577,7 @@ class SqliteStore(Store):
     # -- outbox ------------------------------------------------------------------------------
     def due_outbox(self, now: datetime, limit: int = 100) -> list[OutboxEntry]:
         rows = self._read(
-            "SELECT o.* FROM outbox o JOIN (SELECT task_id, MIN(id) AS first_id FROM outbox "
+            f"{_OUTBOX_SELECT} JOIN (SELECT task_id, MIN(id) AS first_id FROM outbox "  # noqa: S608
             "WHERE status='pending' GROUP BY task_id) f ON o.id = f.first_id "
             "WHERE o.next_attempt_at <= ? ORDER BY o.id LIMIT ?",
             (_ts(now), limit),
@@ -602,11 +608,57 @@ class SqliteStore(Store):
     ) -> list[OutboxEntry]:
         clauses, params = [], []
         if status is not None:
-            clauses.append("status = ?")
+            clauses.append("o.status = ?")
             params.append(status.value)
         if task_id is not None:
-            clauses.append("task_id = ?")
+            clauses.append("o.task_id = ?")
             params.append(task_id)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = self._read(f"SELECT * FROM outbox {where} ORDER BY id LIMIT ?", [*params, limit])  # noqa: S608
+        rows = self._read(f"{_OUTBOX_SELECT} {where} ORDER BY o.id LIMIT ?", [*params, limit])
         return [_outbox_from_row(r) for r in rows]
+
+    def get_outbox(self, entry_id: int) -> OutboxEntry | None:
+        rows = self._read(f"{_OUTBOX_SELECT} WHERE o.id = ?", (entry_id,))
+        return _outbox_from_row(rows[0]) if rows else None
+
+    def outbox_park(
+        self, entry_id: int, status: OutboxStatus, error: str, detail: dict[str, Any]
+    ) -> None:
+        if status not in (OutboxStatus.DEAD, OutboxStatus.CONFLICT):
+            raise ValueError(f"an entry is parked as dead or conflict, not {status.value}")
+        try:
+            with self._tx() as db:
+                db.execute(
+                    "UPDATE outbox SET status=?, attempts=attempts+1, last_error=? WHERE id=?",
+                    (status.value, error, entry_id),
+                )
+                db.execute(
+                    "INSERT OR REPLACE INTO outbox_detail (id, detail) VALUES (?, ?)",
+                    (entry_id, json.dumps(detail)),
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite write failed: {exc}") from exc
+
+    def outbox_requeue(self, entry_id: int, now: datetime) -> bool:
+        try:
+            with self._tx() as db:
+                cur = db.execute(
+                    "UPDATE outbox SET status='pending', attempts=0, next_attempt_at=? "
+                    "WHERE id=? AND status IN ('dead', 'conflict')",
+                    (_ts(now), entry_id),
+                )
+                return cur.rowcount > 0
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite write failed: {exc}") from exc
+
+    def outbox_discard(self, entry_id: int, reason: str) -> bool:
+        try:
+            with self._tx() as db:
+                cur = db.execute(
+                    "UPDATE outbox SET status='discarded', last_error=? "
+                    "WHERE id=? AND status NOT IN ('delivered', 'discarded')",
+                    (reason, entry_id),
+                )
+                return cur.rowcount > 0
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite write failed: {exc}") from exc

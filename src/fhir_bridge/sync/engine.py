@@ -17,9 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, timedelta
+from typing import Protocol
+
+import structlog
 
 from fhir_bridge.config import SourceConfig
 from fhir_bridge.errors import FhirRequestError
@@ -32,6 +36,33 @@ log = get_logger("sync")
 
 # progress(source, resource_type, resources done, total or None)
 Progress = Callable[[str, str, int, int | None], None]
+
+
+def new_job_id() -> str:
+    """A fresh id for one unit of background work, bound into its log lines."""
+    return uuid.uuid4().hex[:16]
+
+
+class SyncObserver(Protocol):
+    """Receives sync figures (implemented by `fhir_bridge.metrics.BridgeMetrics`)."""
+
+    def observe_page(
+        self,
+        source: str,
+        resource_type: str,
+        *,
+        received: int,
+        stored: int,
+        unchanged: int,
+        quarantined: int,
+        tasks_created: int,
+    ) -> None:
+        """One search page was ingested."""
+
+    def observe_sync_run(
+        self, source: str, resource_type: str, *, ok: bool, seconds: float
+    ) -> None:
+        """One sync run of a resource type ended."""
 
 
 @dataclass
@@ -128,8 +159,32 @@ async def sync_type(
     *,
     full: bool = False,
     progress: Progress | None = None,
+    metrics: SyncObserver | None = None,
 ) -> TypeReport:
-    """Pull every resource of `resource_type` changed since the cursor and ingest it."""
+    """Pull every resource of `resource_type` changed since the cursor and ingest it.
+
+    Every log line of the run (ours, the FHIR client's, ingest's) carries the run's `job_id`.
+    """
+    with structlog.contextvars.bound_contextvars(
+        job_id=new_job_id(), source=source.name, resource_type=resource_type
+    ):
+        report = await _sync_type(source, resource_type, client, ingestor, full, progress, metrics)
+    if metrics is not None:
+        metrics.observe_sync_run(
+            source.name, resource_type, ok=report.error is None, seconds=report.seconds
+        )
+    return report
+
+
+async def _sync_type(
+    source: SourceConfig,
+    resource_type: str,
+    client: FhirClient,
+    ingestor: Ingestor,
+    full: bool,
+    progress: Progress | None,
+    metrics: SyncObserver | None = None,
+) -> TypeReport:
     report = TypeReport(resource_type)
     store = ingestor.store
     started = time.perf_counter()
@@ -142,6 +197,7 @@ async def sync_type(
     high_water = cursor
     try:
         async for page in _prefetched(client.search(resource_type, params)):
+            page_started = time.perf_counter()
             report.pages += 1
             sorted_so_far = sorted_so_far and _in_order(
                 page.resources, report.result.max_last_updated
@@ -157,6 +213,7 @@ async def sync_type(
             if sorted_so_far and report.result.max_last_updated:
                 high_water = report.result.max_last_updated
                 await asyncio.to_thread(store.set_cursor, source.name, resource_type, high_water)
+            _page_done(page.number, result, metrics, source.name, resource_type, page_started)
             if progress:
                 progress(source.name, resource_type, report.result.received, page.total)
         if report.result.max_last_updated and not sorted_so_far:
@@ -191,6 +248,38 @@ async def sync_type(
         elapsed_ms=round(report.seconds * 1000),
     )
     return report
+
+
+def _page_done(
+    number: int,
+    result: IngestResult,
+    metrics: SyncObserver | None,
+    source: str,
+    resource_type: str,
+    started: float,
+) -> None:
+    """The canonical line of one synced page (source, type and job id come from the context)."""
+    log.info(
+        "sync_page",
+        page=number,
+        received=result.received,
+        stored=result.stored,
+        unchanged=result.unchanged,
+        quarantined=result.quarantined,
+        tasks_created=result.tasks_created,
+        tasks_updated=result.tasks_updated,
+        elapsed_ms=round((time.perf_counter() - started) * 1000),
+    )
+    if metrics is not None:
+        metrics.observe_page(
+            source,
+            resource_type,
+            received=result.received,
+            stored=result.stored,
+            unchanged=result.unchanged,
+            quarantined=result.quarantined,
+            tasks_created=result.tasks_created,
+        )
 
 
 def dependency_order(resource_types: Sequence[str], rules: RuleSet) -> list[str]:
@@ -229,6 +318,7 @@ async def sync_source(
     *,
     full: bool = False,
     progress: Progress | None = None,
+    metrics: SyncObserver | None = None,
 ) -> SourceReport:
     """Sync every configured resource type of one source, one after the other.
 
@@ -237,6 +327,14 @@ async def sync_source(
     report = SourceReport(source.name)
     for resource_type in dependency_order(source.resource_types, ingestor.rules):
         report.types.append(
-            await sync_type(source, resource_type, client, ingestor, full=full, progress=progress)
+            await sync_type(
+                source,
+                resource_type,
+                client,
+                ingestor,
+                full=full,
+                progress=progress,
+                metrics=metrics,
+            )
         )
     return report

@@ -201,7 +201,9 @@ class OutboxStatus(StrEnum):
 
     PENDING = "pending"
     DELIVERED = "delivered"
-    DEAD = "dead"
+    DEAD = "dead"  # a permanent failure or a spent retry budget; `detail` has the outcome
+    CONFLICT = "conflict"  # the EHR moved on: not written; `detail` has the diff
+    DISCARDED = "discarded"  # an operator gave up on it
 
 
 @dataclass(frozen=True)
@@ -229,6 +231,7 @@ class OutboxEntry:
     last_error: str | None
     created_at: datetime
     delivered_at: datetime | None
+    detail: dict[str, Any] | None = None  # why it is dead or in conflict (outcome, diff)
 
 
 @dataclass(frozen=True)

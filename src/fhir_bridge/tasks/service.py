@@ -2,12 +2,14 @@
 
 Each operation is one `Store.update_task` call: the state machine runs inside the store's
 transaction, and the FHIR Task mirror write is queued in the outbox in that same
-transaction, so a change is never applied without its write-back, nor the reverse.
+transaction, so a change is never applied without its write-back, nor the reverse. A
+coordinator's change to a status with `on_status` actions in its rule queues one more entry
+per action, after the mirror, in the same transaction (the task's entries go out in order).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -25,7 +27,34 @@ from fhir_bridge.tasks.model import (
 )
 
 Clock = Callable[[], datetime]
+# (rule id, status) -> the rule's `on_status` actions for that status, as plain dicts
+# ({"update_focus": {...}}); the runtime looks them up in the rules in force.
+ActionsFor = Callable[[str, TaskStatus], Sequence[dict[str, Any]]]
 BRIDGE = "bridge"  # the actor recorded for changes the bridge makes on its own
+
+
+def _no_actions(rule_id: str, status: TaskStatus) -> Sequence[dict[str, Any]]:
+    return ()
+
+
+def action_drafts(
+    task: Task, actions: Sequence[dict[str, Any]], coordinator: str, note: str | None
+) -> tuple[OutboxDraft, ...]:
+    """One outbox entry per `on_status` action: `update_focus` becomes `update-focus`, its
+    body the payload's `spec`, with the coordinator and note the action may read."""
+    drafts = []
+    for action in actions:
+        ((kind, spec),) = action.items()
+        payload = {
+            "spec": spec,
+            "rule_id": task.rule_id,
+            "status": task.status.value,
+            "focus": task.focus,
+            "coordinator": coordinator,
+            "note": note,
+        }
+        drafts.append(OutboxDraft(task.id, task.source, kind.replace("_", "-"), payload))
+    return tuple(drafts)
 
 
 def snapshot(task: Task) -> dict[str, Any]:
@@ -51,12 +80,20 @@ class TaskService:
 
     :param writeback_sources: names of the sources that accept write-back; changes to tasks
         of other sources are kept locally only.
+    :param actions_for: the `on_status` actions of a rule for a status (none by default).
     """
 
-    def __init__(self, store: Store, clock: Clock, writeback_sources: Collection[str]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        writeback_sources: Collection[str],
+        actions_for: ActionsFor = _no_actions,
+    ) -> None:
         self.store = store
         self.clock = clock
         self.writeback_sources = frozenset(writeback_sources)
+        self.actions_for = actions_for
 
     def _change(
         self,
@@ -88,6 +125,11 @@ class TaskService:
         if task.source in self.writeback_sources:
             payload = snapshot(new) | {"note": note}
             outbox = (OutboxDraft(task.id, task.source, MIRROR_ACTION, payload),)
+            # Only a coordinator's change runs the rule's actions: when the bridge closes a
+            # task, the EHR has already moved and there is nothing of ours to write.
+            if actor != BRIDGE and new.status is not task.status:
+                actions = self.actions_for(task.rule_id, new.status)
+                outbox += action_drafts(new, actions, actor, note)
         return TaskChange(new, event, outbox)
 
     def claim(self, task_id: str, coordinator: str, expected_version: int | None = None) -> Task:

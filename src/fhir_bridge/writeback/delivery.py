@@ -4,7 +4,13 @@ Entries of one task go out in order (the store hands out only the oldest pending
 each task); entries of different tasks go out concurrently, a few at a time. A 412 on the
 mirror Task means someone else (the EHR, a clinician) changed it since we last wrote: we
 re-read it, lay our fields over theirs and try once more on the new version, never
-overwriting blindly.
+overwriting blindly. `on_status` actions (`writeback/actions.py`) re-apply after a 412 only
+while the EHR has not moved the fields they set; otherwise the entry is parked as a
+conflict with the diff. Each action's write is followed by a Provenance.
+
+Temporary failures retry with exponential backoff until `max_attempts`; permanent ones
+(400/403/404/409/422 ..., or a spent budget) park the entry as dead with the server's
+OperationOutcome text, for `fhir-bridge outbox retry|discard`.
 """
 
 from __future__ import annotations
@@ -26,9 +32,13 @@ from fhir_bridge.errors import (
 )
 from fhir_bridge.fhir import FhirClient, WriteResult
 from fhir_bridge.logging import get_logger
+from fhir_bridge.metrics import BridgeMetrics
 from fhir_bridge.store.base import Store
 from fhir_bridge.sync.ingest import Clock, utcnow
-from fhir_bridge.tasks.model import MIRROR_ACTION, OutboxEntry, Task
+from fhir_bridge.tasks.model import MIRROR_ACTION, OutboxEntry, OutboxStatus, Task
+from fhir_bridge.writeback import actions
+from fhir_bridge.writeback.actions import ActionFailed, WriteConflict, Written
+from fhir_bridge.writeback.provenance import build_provenance, tag_query
 from fhir_bridge.writeback.task_mirror import build_task, identifier_query
 
 log = get_logger("writeback")
@@ -43,6 +53,26 @@ class DeliveryStats:
     delivered: int = 0
     retried: int = 0
     dead: int = 0
+    conflicts: int = 0
+
+
+def failure_detail(exc: Exception) -> dict[str, Any]:
+    """What a dead entry keeps: HTTP status and an OperationOutcome with the server's text."""
+    status = getattr(exc, "status", None)
+    outcome = getattr(exc, "outcome", None)
+    return {
+        "status": status,
+        "outcome": {
+            "resourceType": "OperationOutcome",
+            "issue": [
+                {
+                    "severity": "error",
+                    "code": "processing",
+                    "diagnostics": outcome or str(exc),
+                }
+            ],
+        },
+    }
 
 
 def _version(resource: dict[str, Any] | None) -> str | None:
@@ -60,11 +90,13 @@ class Delivery:
         clients: Mapping[str, FhirClient],
         settings: WritebackConfig,
         clock: Clock = utcnow,
+        metrics: BridgeMetrics | None = None,
     ) -> None:
         self.store = store
         self.clients = clients
         self.settings = settings
         self.clock = clock
+        self.metrics = metrics
 
     async def deliver_due(self) -> DeliveryStats:
         """Deliver every entry that is due now; return what happened."""
@@ -102,7 +134,11 @@ class Delivery:
             if entry.attempts + 1 >= self.settings.max_attempts:
                 outcome = "dead"
                 await asyncio.to_thread(
-                    self.store.outbox_dead, entry.id, f"retry budget spent: {exc}"
+                    self.store.outbox_park,
+                    entry.id,
+                    OutboxStatus.DEAD,
+                    f"retry budget spent: {exc}",
+                    failure_detail(exc),
                 )
                 stats.dead += 1
             else:
@@ -111,10 +147,26 @@ class Delivery:
                 next_at = self.clock() + timedelta(seconds=wait)
                 await asyncio.to_thread(self.store.outbox_retry, entry.id, str(exc), next_at)
                 stats.retried += 1
-        except (FatalFhirError, _Undeliverable) as exc:
+        except WriteConflict as exc:
+            outcome = "conflict"
+            await asyncio.to_thread(
+                self.store.outbox_park, entry.id, OutboxStatus.CONFLICT, str(exc), exc.detail
+            )
+            stats.conflicts += 1
+        except (FatalFhirError, _Undeliverable, ActionFailed) as exc:
             outcome = "dead"
-            await asyncio.to_thread(self.store.outbox_dead, entry.id, str(exc))
+            await asyncio.to_thread(
+                self.store.outbox_park, entry.id, OutboxStatus.DEAD, str(exc), failure_detail(exc)
+            )
             stats.dead += 1
+        if self.metrics is not None:
+            latency = (self.clock() - entry.created_at).total_seconds()
+            self.metrics.observe_outbox_delivery(
+                entry.source,
+                entry.action,
+                outcome,
+                latency_seconds=latency if outcome == "delivered" else None,
+            )
         log.info(
             "outbox_delivery",
             entry_id=entry.id,
@@ -127,7 +179,7 @@ class Delivery:
         )
 
     async def _send(self, entry: OutboxEntry) -> None:
-        if entry.action != MIRROR_ACTION:
+        if entry.action != MIRROR_ACTION and entry.action not in _ACTIONS:
             raise _Undeliverable(f"unknown outbox action {entry.action!r}")
         client = self.clients.get(entry.source)
         if client is None:
@@ -135,11 +187,60 @@ class Delivery:
         task = await asyncio.to_thread(self.store.get_task, entry.task_id)
         if task is None:
             raise _Undeliverable(f"task {entry.task_id} no longer exists")
+        if entry.action != MIRROR_ACTION:
+            await self._action(client, task, entry)
+            return
         result = await self._mirror(client, task, entry.payload)
         if result.resource_id:
             await asyncio.to_thread(
                 self.store.set_task_mirror, task.id, result.resource_id, result.version_id
             )
+
+    async def _action(self, client: FhirClient, task: Task, entry: OutboxEntry) -> None:
+        """Run one `on_status` action, then record its write in a Provenance."""
+        payload = entry.payload
+        spec: dict[str, Any] = payload.get("spec") or {}
+        env = {"note": payload.get("note") or [], "coordinator": payload.get("coordinator") or []}
+        key = f"{task.id}-{entry.id}"
+        try:
+            written = await self._run_action(client, task, entry, spec, env, key)
+        except (KeyError, TypeError) as exc:  # a payload not shaped like a mapping action
+            raise ActionFailed(f"outbox entry {entry.id}: malformed {entry.action} action") from exc
+        if written is None:
+            return  # the EHR already holds what the action would write: nothing to record
+        provenance = build_provenance(
+            target=written.reference,
+            version=written.version,
+            activity=written.activity,
+            coordinator=payload.get("coordinator"),
+            recorded=self.clock().isoformat(),
+            key=key,
+        )
+        await client.create(provenance, if_none_exist=tag_query(key))
+
+    async def _run_action(
+        self,
+        client: FhirClient,
+        task: Task,
+        entry: OutboxEntry,
+        spec: dict[str, Any],
+        env: dict[str, Any],
+        key: str,
+    ) -> Written | None:
+        written: Written | None
+        if entry.action == "update-focus":
+            written = await actions.update_focus(client, task, spec, env)
+        elif entry.action == "create":
+            written = await actions.create_resource(
+                client, task, spec, env, system=self.settings.identifier_system, key=key
+            )
+        else:
+            written = await actions.task_output(client, task, spec, env)
+            if task.mirror_id and written.version:
+                await asyncio.to_thread(
+                    self.store.set_task_mirror, task.id, task.mirror_id, written.version
+                )
+        return written
 
     async def _mirror(self, client: FhirClient, task: Task, snap: dict[str, Any]) -> WriteResult:
         system = self.settings.identifier_system
@@ -171,6 +272,9 @@ class Delivery:
         body = build_task(snap, self.settings.identifier_system, existing=current)
         body["id"] = current["id"]
         return await client.update(body, if_match=_version(current))
+
+
+_ACTIONS = frozenset(actions.ACTION_NAMES.values())
 
 
 class _Undeliverable(FhirBridgeError):

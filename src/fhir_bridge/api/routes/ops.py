@@ -1,4 +1,4 @@
-"""Operator views: health, sources and quarantine."""
+"""Operator views: sources and quarantine (probes and metrics are in `health`)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,6 @@ from fhir_bridge.api.deps import BridgeDep
 from fhir_bridge.api.schemas import QuarantineList, QuarantineOut
 
 router = APIRouter(tags=["operations"])
-
-
-@router.get("/healthz", summary="The process is alive")
-def healthz() -> dict[str, str]:
-    """Always ok while the process serves requests."""
-    return {"status": "ok"}
 
 
 @router.get("/sources", summary="Configured sources and their last sync")

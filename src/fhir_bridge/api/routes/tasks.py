@@ -45,6 +45,7 @@ def read_task(bridge: BridgeDep, task_id: str) -> TaskDetail:
                 last_error=e.last_error,
                 created_at=e.created_at,
                 delivered_at=e.delivered_at,
+                detail=e.detail,
             )
             for e in bridge.store.list_outbox(task_id=task_id)
         ],
@@ -54,7 +55,9 @@ def read_task(bridge: BridgeDep, task_id: str) -> TaskDetail:
 @router.post("/{task_id}/claim", response_model=TaskOut, responses=_ERRORS)
 def claim_task(bridge: BridgeDep, task_id: str, body: ClaimIn) -> TaskOut:
     """Take an open task: it becomes in-progress and yours."""
-    return TaskOut.of(bridge.tasks.claim(task_id, body.coordinator, body.version))
+    task = bridge.tasks.claim(task_id, body.coordinator, body.version)
+    bridge.metrics.observe_task_claimed(task, task.updated_at)
+    return TaskOut.of(task)
 
 
 @router.post("/{task_id}/status", response_model=TaskOut, responses=_ERRORS)
@@ -63,4 +66,5 @@ def change_status(bridge: BridgeDep, task_id: str, body: StatusIn) -> TaskOut:
     task = bridge.tasks.change_status(
         task_id, body.status, body.coordinator, note=body.note, expected_version=body.version
     )
+    bridge.metrics.observe_task_closed(task, task.updated_at)
     return TaskOut.of(task)

@@ -44,6 +44,7 @@ mypy: install
 
 bench: install  ## benchmarks: prints figures and ratios, asserts nothing
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/bulk.py
 
 clean:
 	rm -rf $(VENV) .fhirpeer var .pytest_cache .mypy_cache .ruff_cache bench/results build dist

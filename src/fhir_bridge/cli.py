@@ -21,8 +21,10 @@ import uvicorn
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from fhir_bridge import cli_ingest
 from fhir_bridge.cli_outbox import outbox_app
 from fhir_bridge.cli_sources import sources_app
+from fhir_bridge.cli_worker import worker_app
 from fhir_bridge.config import Settings, load_settings
 from fhir_bridge.errors import FhirBridgeError
 from fhir_bridge.logging import configure_logging
@@ -234,6 +236,9 @@ mappings_app = typer.Typer(
 app.add_typer(mappings_app, name="mappings")
 app.add_typer(sources_app, name="sources")
 app.add_typer(outbox_app, name="outbox")
+app.add_typer(worker_app)  # top-level `worker` and `migrate`
+app.command("ingest")(cli_ingest.ingest)
+app.command("export")(cli_ingest.export)
 
 
 def _mappings_dir(folder: Path | None) -> Path:

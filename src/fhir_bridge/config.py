@@ -211,6 +211,16 @@ class WritebackConfig(_Strict):
     identifier_system: str = "urn:fhir-bridge:task"
 
 
+class PatientsConfig(_Strict):
+    """Cross-source patient identity for the consolidated history."""
+
+    trusted_identifier_systems: tuple[str, ...] = Field(
+        default=(),
+        description="identifier systems (e.g. an MRN system shared by the EHRs) whose equal "
+        "system|value on two Patient records makes them one patient; none: no automatic links",
+    )
+
+
 class Settings(BaseSettings):
     """All settings of one bridge installation."""
 
@@ -222,6 +232,7 @@ class Settings(BaseSettings):
     storage: StorageConfig = StorageConfig()
     api: ApiConfig = ApiConfig()
     writeback: WritebackConfig = WritebackConfig()
+    patients: PatientsConfig = PatientsConfig()
     mappings_dir: Path = Path("../mappings")
     mappings_reload_interval: float = Field(
         default=2.0, ge=0, description="seconds between checks for changed mapping files; 0: off"

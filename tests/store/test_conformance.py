@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from fhir_bridge.errors import TaskConflict, TaskNotFound
-from fhir_bridge.store.base import QuarantineEntry
+from fhir_bridge.store.base import DueCounts, QuarantineEntry, TaskCursor
 from fhir_bridge.tasks.model import (
     MIRROR_ACTION,
     OutboxDraft,
@@ -833,3 +833,130 @@ def test_outbox_discard_takes_an_entry_out_of_delivery(engine_store):
     assert engine_store.outbox_discard(second.id, "late") is False
     assert engine_store.outbox_discard(999, "unknown") is False
     assert engine_store.due_outbox(NOW) == []
+
+
+# -- task listing: filters, cursors, due counts ---------------------------------------------
+
+
+def seed_filters(store) -> dict[str, str]:
+    """Tasks that differ in kind, assignee, patient, labels and due; focus id -> task id."""
+    drafts = [
+        draft("k1", kind="confirm", due=NOW - timedelta(hours=2), labels=("vip",)),
+        draft("k2", kind="confirm", due=NOW + timedelta(hours=3), assignee="ann"),
+        draft("k3", kind="no-show-outreach", due=NOW + timedelta(days=2), patient="Patient/p2"),
+        draft("k4", kind="no-show-outreach", due=None, labels=("vip", "lang-es")),
+        draft("k5", queue="insurance", kind="verify", due=NOW - timedelta(days=1)),
+    ]
+    return {d.focus_id: store.upsert_task(d, NOW).task.id for d in drafts}
+
+
+def focus_ids(page) -> list[str]:
+    """The focus ids of a page, in listing order."""
+    return [t.focus_id for t in page.items]
+
+
+def test_list_tasks_filters_by_kind_assignee_patient_and_label(engine_store):
+    """kind, assignee, patient and label each narrow the listing, alone and combined."""
+    seed_filters(engine_store)
+    assert focus_ids(engine_store.list_tasks(kind="confirm")) == ["k1", "k2"]
+    assert focus_ids(engine_store.list_tasks(assignee="ann")) == ["k2"]
+    assert focus_ids(engine_store.list_tasks(patient="Patient/p2")) == ["k3"]
+    assert sorted(focus_ids(engine_store.list_tasks(label="vip"))) == ["k1", "k4"]
+    assert engine_store.list_tasks(label="lang").total == 0
+    both = engine_store.list_tasks(queue="scheduling", label="vip", kind="no-show-outreach")
+    assert (focus_ids(both), both.total) == (["k4"], 1)
+    assert engine_store.list_tasks(patient="Patient/p1", queue="insurance").total == 1
+    assert engine_store.list_tasks(assignee="ann", statuses=[TaskStatus.COMPLETED]).total == 0
+
+
+def test_list_tasks_filters_by_due_range(engine_store):
+    """due_after is inclusive, due_before exclusive; either leaves out tasks with no due date."""
+    seed_filters(engine_store)
+    overdue = engine_store.list_tasks(due_before=NOW)
+    assert sorted(focus_ids(overdue)) == ["k1", "k5"]
+    later = engine_store.list_tasks(due_after=NOW + timedelta(hours=3))
+    assert focus_ids(later) == ["k2", "k3"]
+    window = engine_store.list_tasks(
+        due_after=NOW - timedelta(hours=2), due_before=NOW + timedelta(days=2)
+    )
+    assert focus_ids(window) == ["k1", "k2"]
+    assert engine_store.list_tasks(due_after=NOW, queue="insurance").total == 0
+
+
+def test_list_tasks_assignee_filter_follows_a_claim(engine_store):
+    """A claimed task is listed under its new assignee at once."""
+    ids = seed_filters(engine_store)
+    engine_store.update_task(ids["k3"], claim_by("bob"))
+    assert focus_ids(engine_store.list_tasks(assignee="bob")) == ["k3"]
+    assert focus_ids(engine_store.list_tasks(assignee="bob", kind="confirm")) == []
+
+
+def test_list_tasks_cursor_walks_every_task_once_in_order(engine_store):
+    """Pages chained by cursor give the unpaged listing exactly; total stays the full count."""
+    seed_ordering(engine_store)
+    seed_filters(engine_store)
+    everything = focus_ids(engine_store.list_tasks(limit=100))
+    seen, after, pages = [], None, 0
+    while True:
+        page = engine_store.list_tasks(limit=3, after=after)
+        assert page.total == len(everything)
+        seen += focus_ids(page)
+        pages += 1
+        if not page.more:
+            break
+        after = TaskCursor.after(page.items[-1])
+    assert seen == everything and pages == 4
+
+
+def test_list_tasks_cursor_with_filters(engine_store):
+    """A cursor combines with unindexed filters (kind) and keeps their order."""
+    seed_filters(engine_store)
+    first = engine_store.list_tasks(kind="no-show-outreach", limit=1)
+    assert (focus_ids(first), first.more, first.total) == (["k3"], True, 2)
+    rest = engine_store.list_tasks(
+        kind="no-show-outreach", limit=1, after=TaskCursor.after(first.items[0])
+    )
+    assert (focus_ids(rest), rest.more, rest.total) == (["k4"], False, 2)
+
+
+def test_list_tasks_cursor_is_stable_when_earlier_tasks_leave(engine_store):
+    """Closing a task already listed neither skips nor repeats the next page (unlike offset)."""
+    ids = seed_ordering(engine_store)
+    first = engine_store.list_tasks(statuses=[TaskStatus.OPEN], limit=2)
+    assert focus_ids(first) == ["stat", "asap"]
+    engine_store.update_task(ids["stat"], mirror_change(TaskStatus.COMPLETED, NOW))
+    rest = engine_store.list_tasks(
+        statuses=[TaskStatus.OPEN], limit=2, after=TaskCursor.after(first.items[-1])
+    )
+    assert focus_ids(rest) == ["urgent-early", "urgent-late"] and rest.more
+
+
+def test_list_tasks_more_flag_with_offset(engine_store):
+    """`more` says whether tasks follow the page, with plain offsets too."""
+    seed_ordering(engine_store)
+    assert engine_store.list_tasks(limit=5).more is True
+    assert engine_store.list_tasks(limit=5, offset=1).more is False
+    assert engine_store.list_tasks(limit=6).more is False
+
+
+def test_due_counts_per_queue(engine_store):
+    """Active tasks only: overdue before now, due today from now to the day's end."""
+    ids = seed_filters(engine_store)
+    engine_store.upsert_task(draft("k6", due=NOW + timedelta(hours=1)), NOW)
+    engine_store.update_task(ids["k2"], mirror_change(TaskStatus.COMPLETED, NOW))
+    day_end = NOW.replace(hour=0) + timedelta(days=1)
+    counts = engine_store.due_counts(NOW, day_end)
+    assert counts == {
+        "scheduling": DueCounts(overdue=1, due_today=1),
+        "insurance": DueCounts(overdue=1, due_today=0),
+    }
+
+
+def test_task_cursor_round_trips_and_refuses_garbage():
+    """A cursor token decodes to the same place; tokens not made by encode are ValueError."""
+    cursor = TaskCursor(Priority.URGENT, NOW, "abc")
+    assert TaskCursor.decode(cursor.encode()) == cursor
+    assert TaskCursor.decode(TaskCursor(Priority.STAT, None, "x").encode()).due is None
+    for bad in ("", "!!", "bm90IGpzb24", TaskCursor(Priority.URGENT, NOW, "a").encode()[:-3]):
+        with pytest.raises(ValueError):
+            TaskCursor.decode(bad)

@@ -8,7 +8,7 @@ from fastapi import FastAPI
 
 from fhir_bridge.api import errors
 from fhir_bridge.api.middleware import RequestContextMiddleware
-from fhir_bridge.api.routes import health, ops, outbox, queues, tasks
+from fhir_bridge.api.routes import health, ops, outbox, patients, queues, tasks
 from fhir_bridge.runtime import Bridge
 
 
@@ -23,6 +23,7 @@ def create_app(bridge: Bridge) -> FastAPI:
     errors.install(app)
     app.include_router(queues.router)
     app.include_router(tasks.router)
+    app.include_router(patients.router)
     app.include_router(ops.router)
     app.include_router(outbox.router)
     app.include_router(health.router)
@@ -33,6 +34,8 @@ def create_app(bridge: Bridge) -> FastAPI:
         return {
             "name": "fhir_bridge",
             "queues": "/queues",
+            "tasks": "/tasks",
+            "patients": "/patients",
             "sources": "/sources",
             "quarantine": "/quarantine",
             "health": "/healthz",

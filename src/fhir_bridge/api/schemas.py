@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -103,32 +103,53 @@ class WritebackOut(BaseModel):
     )
 
 
+class CommentOut(BaseModel):
+    """A coordinator's comment on a task."""
+
+    at: datetime
+    author: str
+    text: str
+
+    @classmethod
+    def of(cls, event: TaskEvent) -> CommentOut:
+        """Build from a history event whose action is "comment"."""
+        return cls(at=event.at, author=event.actor, text=str(event.detail.get("text", "")))
+
+
 class TaskDetail(BaseModel):
-    """A task with its focus resource, history and write-back state."""
+    """A task with its focus resource, history, comments and write-back state."""
 
     task: TaskOut
     focus_resource: dict[str, Any] | None
-    history: list[EventOut]
+    history: list[EventOut] = Field(description="every change, comments included, oldest first")
+    comments: list[CommentOut] = Field(default_factory=list, description="oldest first")
     writeback: list[WritebackOut]
 
 
 class TaskList(BaseModel):
-    """One page of tasks."""
+    """One page of tasks; follow `next_cursor` (or `next_offset`) for the next page."""
 
     items: list[TaskOut]
-    total: int
+    total: int = Field(description="every task matching the filters, whatever the page")
     limit: int
     offset: int
     next_offset: int | None
+    next_cursor: str | None = Field(
+        default=None, description="pass as ?cursor= for the next page; None on the last page"
+    )
 
 
 class QueueOut(BaseModel):
-    """A queue with its task counts by status."""
+    """A queue with its task counts by status and by deadline."""
 
     queue: str
     counts: dict[str, int]
     total: int
     open: int = Field(description="tasks still to do (open + in-progress)")
+    overdue: int = Field(default=0, description="open or in-progress tasks past their due time")
+    due_today: int = Field(
+        default=0, description="open or in-progress tasks due from now to the end of the UTC day"
+    )
     tasks_url: str
 
 
@@ -136,13 +157,60 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+Coordinator = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.@-]+$")]
+
+
 class ClaimIn(_Body):
     """Who claims the task."""
 
-    coordinator: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.@-]+$")
+    coordinator: Coordinator
     version: int | None = Field(
-        default=None, description="the task version you read (optimistic lock)"
+        default=None,
+        description="the task version you read (optimistic lock; the If-Match header wins)",
     )
+
+
+class ReleaseIn(ClaimIn):
+    """Who gives the task back."""
+
+
+class AssignIn(ClaimIn):
+    """Who assigns the task, and to whom."""
+
+    assignee: Coordinator
+
+
+class CommentIn(ClaimIn):
+    """A comment for the task's history (kept in the store, never logged)."""
+
+    text: str = Field(min_length=1, max_length=4000)
+
+
+class BulkAssignIn(_Body):
+    """Assign several tasks to one coordinator."""
+
+    coordinator: Coordinator
+    assignee: Coordinator
+    ids: list[str] = Field(min_length=1, max_length=200)
+
+
+class BulkItemOut(BaseModel):
+    """What happened to one task of a bulk request."""
+
+    id: str
+    ok: bool
+    status_code: int = Field(description="the status a single request would have had")
+    error: str | None = None
+    message: str | None = None
+    task: TaskOut | None = None
+
+
+class BulkOut(BaseModel):
+    """Per-task results of a bulk request, in the order asked."""
+
+    results: list[BulkItemOut]
+    succeeded: int
+    failed: int
 
 
 class StatusIn(ClaimIn):

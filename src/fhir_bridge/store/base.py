@@ -11,15 +11,19 @@ engines translate them to `StoreError`.
 from __future__ import annotations
 
 import abc
+import base64
+import binascii
+import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from fhir_bridge.tasks.model import (
     OutboxEntry,
     OutboxStatus,
+    Priority,
     Task,
     TaskChange,
     TaskDraft,
@@ -65,10 +69,97 @@ class TaskUpsert:
 
 @dataclass(frozen=True)
 class TaskPage:
-    """One page of a task listing."""
+    """One page of a task listing: `total` counts every match, `more` says whether tasks
+    follow this page."""
 
     items: list[Task]
     total: int
+    more: bool = False
+
+
+@dataclass(frozen=True)
+class TaskCursor:
+    """A place in the task listing order (priority, due, id): the next page starts after it.
+
+    Keyset, not offset: tasks claimed or closed meanwhile neither skip nor repeat others.
+    `encode` makes it an opaque URL-safe token; `decode` raises ValueError on anything else.
+    """
+
+    priority: Priority
+    due: datetime | None
+    id: str
+
+    @classmethod
+    def after(cls, task: Task) -> TaskCursor:
+        """The place right after `task`."""
+        return cls(task.priority, task.due, task.id)
+
+    def encode(self) -> str:
+        """An opaque token for clients."""
+        due = self.due.astimezone(UTC).isoformat() if self.due else None
+        raw = json.dumps([self.priority.value, due, self.id], separators=(",", ":"))
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, token: str) -> TaskCursor:
+        """The cursor a token stands for.
+
+        :raises ValueError: the token was not made by `encode`.
+        """
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            priority, due, task_id = json.loads(raw)
+            if not isinstance(task_id, str) or not (due is None or isinstance(due, str)):
+                raise ValueError("bad cursor fields")
+            when = datetime.fromisoformat(due) if due else None
+            if when is not None and when.tzinfo is None:
+                raise ValueError("cursor due date without time zone")
+            return cls(Priority(priority), when, task_id)
+        except (binascii.Error, UnicodeDecodeError, TypeError, ValueError) as exc:
+            raise ValueError("not a task cursor from this API") from exc
+
+
+@dataclass(frozen=True)
+class TaskFilter:
+    """What a task listing keeps; every given field must match (labels: the task has it).
+
+    `due_after` is inclusive and `due_before` exclusive; either one leaves out tasks
+    without a due date.
+    """
+
+    queue: str | None = None
+    statuses: Sequence[TaskStatus] = ()
+    rule_id: str | None = None
+    kind: str | None = None
+    assignee: str | None = None
+    patient: str | None = None
+    label: str | None = None
+    due_after: datetime | None = None
+    due_before: datetime | None = None
+
+    def matches(self, task: Task) -> bool:
+        """True when `task` passes every filter (engines may use this for what they do not
+        index)."""
+        checks = (
+            self.queue is None or task.queue == self.queue,
+            not self.statuses or task.status in self.statuses,
+            self.rule_id is None or task.rule_id == self.rule_id,
+            self.kind is None or task.kind == self.kind,
+            self.assignee is None or task.assignee == self.assignee,
+            self.patient is None or task.patient == self.patient,
+            self.label is None or self.label in task.labels,
+            self.due_after is None or (task.due is not None and task.due >= self.due_after),
+            self.due_before is None or (task.due is not None and task.due < self.due_before),
+        )
+        return all(checks)
+
+
+@dataclass(frozen=True)
+class DueCounts:
+    """Active tasks of one queue by deadline: past due, and still due before the day ends."""
+
+    overdue: int = 0
+    due_today: int = 0
 
 
 class Store(abc.ABC):
@@ -162,12 +253,37 @@ class Store(abc.ABC):
         rule_id: str | None = None,
         limit: int = 50,
         offset: int = 0,
+        kind: str | None = None,
+        assignee: str | None = None,
+        patient: str | None = None,
+        label: str | None = None,
+        due_after: datetime | None = None,
+        due_before: datetime | None = None,
+        after: TaskCursor | None = None,
     ) -> TaskPage:
-        """Tasks ordered by priority (highest first), then due date, then id."""
+        """Tasks ordered by priority (highest first), then due date (none last), then id.
+
+        The filters combine as in `TaskFilter`. `after` starts the page right after a place
+        in that order (keyset paging; `offset` then skips from there); `total` always counts
+        every match, whatever the cursor.
+        """
 
     @abc.abstractmethod
     def queue_counts(self) -> dict[str, dict[str, int]]:
         """Per queue, the number of tasks in each status."""
+
+    def due_counts(self, now: datetime, day_end: datetime) -> dict[str, DueCounts]:
+        """Per queue with active tasks (open, in progress): how many are overdue (due before
+        `now`) and how many are due today (from `now` up to, not including, `day_end`)."""
+        counts: dict[str, list[int]] = {}
+        active = [TaskStatus.OPEN, TaskStatus.IN_PROGRESS]
+        for task in self.iter_tasks(statuses=active):
+            cell = counts.setdefault(task.queue, [0, 0])
+            if task.due is not None and task.due < now:
+                cell[0] += 1
+            elif task.due is not None and task.due < day_end:
+                cell[1] += 1
+        return {q: DueCounts(overdue=o, due_today=t) for q, (o, t) in counts.items()}
 
     @abc.abstractmethod
     def update_task(self, task_id: str, change: Callable[[Task], TaskChange]) -> Task:
@@ -247,3 +363,60 @@ class Store(abc.ABC):
             offset += len(page.items)
             if not page.items or offset >= page.total:
                 return
+
+    # -- bulk reads (for `store/migrate.py`); engines may override with faster ones ----------
+    def iter_cursors(self) -> Iterator[tuple[str, str, str]]:
+        """Every cursor as (source, resource type, value), by source and type."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list its cursors")
+
+    def iter_quarantine(self) -> Iterator[QuarantineEntry]:
+        """Every quarantine entry, newest first, page by page."""
+        offset = 0
+        while True:
+            entries, total = self.list_quarantine(limit=500, offset=offset)
+            yield from entries
+            offset += len(entries)
+            if not entries or offset >= total:
+                return
+
+    def iter_outbox(self) -> Iterator[OutboxEntry]:
+        """Every outbox entry (any status, with its `detail`), oldest first."""
+        yield from self.list_outbox(limit=-1)
+
+    def is_empty(self) -> bool:
+        """True when the store holds no resource, cursor, quarantine entry, task or outbox entry."""
+        return (
+            not self.resource_counts()
+            and next(self.iter_cursors(), None) is None
+            and self.list_quarantine(limit=0)[1] == 0
+            and self.list_tasks(limit=0).total == 0
+            and not self.list_outbox(limit=1)
+        )
+
+    # -- fenced writes (for leased work, see `store/leases.py`) --------------------------------
+    def set_cursor_fenced(
+        self, source: str, resource_type: str, value: str | None, lease: Lease
+    ) -> bool:
+        """Move the cursor as `set_cursor` does, only while `lease`'s token is not stale.
+
+        The engine remembers the highest token it accepted for the lease's name and refuses
+        a lower one; engines that can see the lease itself (Redis) also refuse when it is no
+        longer held with this token.
+
+        :returns: False (and nothing written) when the write was refused.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot fence cursor writes")
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A granted lease on a piece of work: its name, the fencing token and who holds it."""
+
+    name: str
+    token: int
+    owner: str
+
+    @property
+    def value(self) -> str:
+        """What the lease record holds while this grant is current."""
+        return f"{self.token}:{self.owner}"

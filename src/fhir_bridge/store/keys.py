@@ -50,6 +50,9 @@ keys collide):
     T:outbox:due                        zset    the head of every pending list,
                                                 score = next_attempt_at in µs
     T:tmp:<token>                       zset    scratch for list_tasks, never outlives a MULTI
+    T:lease:<name>                      string  "<token>:<owner>", expires (PX): a worker lease
+    T:lease-seq                         string  the fencing token counter (INCR)
+    T:fence:<name>                      string  highest token a fenced write was accepted with
 
 The outbox is shaped for a later Streams consumer group: entries stay in their hashes, the
 per-task pending list keeps a task's writes in order, and `outbox:due` holds exactly one
@@ -213,3 +216,33 @@ class Keys:
     def outbox_due(self) -> str:
         """The head of each task's pending list, scored by its next attempt time (µs)."""
         return self._key("outbox", "due")
+
+    # -- scans and leases (added for migrate and workers) ------------------------------------
+    @property
+    def cursor_pattern(self) -> str:
+        """A SCAN MATCH pattern for every cursor key of the installation."""
+        return self.pattern[:-1] + "cursor:*"
+
+    def parse_cursor(self, key: str) -> tuple[str, str]:
+        """The (source, resource type) of a key made by `cursor`."""
+        rest = key[len(self.root) + len(":cursor:") :]
+        source, resource_type = rest.split(":")
+        return _unpart(source), _unpart(resource_type)
+
+    def lease(self, name: str) -> str:
+        """A worker lease (value ``<token>:<owner>``, expires by PX)."""
+        return self._key("lease", name)
+
+    @property
+    def lease_seq(self) -> str:
+        """The fencing token counter shared by every lease of the installation (INCR)."""
+        return self._key("lease-seq")
+
+    def fence(self, name: str) -> str:
+        """The highest fencing token a write guarded by lease `name` has been accepted with."""
+        return self._key("fence", name)
+
+
+def _unpart(value: str) -> str:
+    """The inverse of `_part`."""
+    return re.sub("%(25|3A)", lambda m: "%" if m.group(1) == "25" else ":", value)

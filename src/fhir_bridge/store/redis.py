@@ -39,7 +39,16 @@ from redis.exceptions import WatchError
 
 from fhir_bridge.errors import StoreError, TaskNotFound
 from fhir_bridge.patients.refs import patient_reference
-from fhir_bridge.store.base import QuarantineEntry, Store, StoredResource, TaskPage, TaskUpsert
+from fhir_bridge.store.base import (
+    Lease,
+    QuarantineEntry,
+    Store,
+    StoredResource,
+    TaskCursor,
+    TaskFilter,
+    TaskPage,
+    TaskUpsert,
+)
 from fhir_bridge.store.keys import SCHEMA_VERSION, Keys
 from fhir_bridge.tasks.model import (
     OutboxEntry,
@@ -117,14 +126,19 @@ def _present(fields: dict[str, str | None]) -> dict[str, str]:
     return {k: v for k, v in fields.items() if v is not None}
 
 
+def _position(priority: Priority, due: datetime | None, task_id: str) -> str:
+    """A place in listing order as an index member: priority, due (none last), id."""
+    if due is None:
+        stamp = "~"  # after every digit
+    else:
+        u = due.astimezone(UTC)
+        stamp = f"{u.year:04d}{u:%m%d%H%M%S%f}"
+    return f"{_RANK[priority]}:{stamp}:{task_id}"
+
+
 def _sort_member(task: Task) -> str:
     """The member of a task in its index sorted sets: priority, due (none last), id."""
-    if task.due is None:
-        due = "~"  # after every digit
-    else:
-        u = task.due.astimezone(UTC)
-        due = f"{u.year:04d}{u:%m%d%H%M%S%f}"
-    return f"{_RANK[task.priority]}:{due}:{task.id}"
+    return _position(task.priority, task.due, task.id)
 
 
 def _resource(h: dict[str, str]) -> StoredResource:
@@ -586,21 +600,22 @@ class RedisStore(Store):
         return self._read_task(self._redis, task_id)
 
     def _select(
-        self, bases: list[str], rule: str | None, offset: int, limit: int
+        self, bases: list[str], narrow: list[str], offset: int, limit: int
     ) -> tuple[int, list[str]]:
-        """Total and one page of task ids from the union of `bases`, intersected with `rule`.
+        """Total and one page of index members from the union of `bases`, intersected with
+        every key of `narrow` (a negative `limit`: every member from `offset`).
 
         One MULTI on a connection of its own: the scratch key never outlives it.
         """
         with self._redis.pipeline(transaction=True) as sel:
             index, scratch, setup = bases[0], None, 0
-            if len(bases) > 1 or rule is not None:
+            if len(bases) > 1 or narrow:
                 index = scratch = self.keys.temp(uuid.uuid4().hex)
                 if len(bases) > 1:
                     sel.zunionstore(scratch, bases)
                     setup += 1
-                if rule is not None:
-                    sel.zinterstore(scratch, [scratch if len(bases) > 1 else bases[0], rule])
+                if narrow:
+                    sel.zinterstore(scratch, [scratch if len(bases) > 1 else bases[0], *narrow])
                     setup += 1
             sel.zcard(index)
             if limit:
@@ -609,7 +624,7 @@ class RedisStore(Store):
                 sel.delete(scratch)
             replies = sel.execute()
         members = replies[setup + 1] if limit else []
-        return int(replies[setup]), [m.rsplit(":", 1)[1] for m in members]
+        return int(replies[setup]), members
 
     @_translate
     def list_tasks(
@@ -620,6 +635,13 @@ class RedisStore(Store):
         rule_id: str | None = None,
         limit: int = 50,
         offset: int = 0,
+        kind: str | None = None,
+        assignee: str | None = None,
+        patient: str | None = None,
+        label: str | None = None,
+        due_after: datetime | None = None,
+        due_before: datetime | None = None,
+        after: TaskCursor | None = None,
     ) -> TaskPage:
         k = self.keys
         if statuses:
@@ -630,16 +652,47 @@ class RedisStore(Store):
             ]
         else:
             bases = [k.tasks_queue(queue) if queue is not None else k.tasks_all]
-        rule = k.tasks_rule(rule_id) if rule_id is not None else None
+        narrow = [
+            key(value)
+            for key, value in (
+                (k.tasks_rule, rule_id),
+                (k.tasks_assignee, assignee),
+                (k.tasks_patient, patient),
+            )
+            if value is not None
+        ]
+        # Kind, label and due range have no index: those filters read the candidates' hashes.
+        rest = TaskFilter(kind=kind, label=label, due_after=due_after, due_before=due_before)
+        unindexed = rest != TaskFilter()
+        start = _position(after.priority, after.due, after.id) if after is not None else None
+
+        def window(members: list[str]) -> tuple[list[str], bool]:
+            later = [m for m in members if start is None or m > start]
+            return later[offset : offset + limit], offset + limit < len(later)
 
         def body(pipe: Pipeline) -> Finish[TaskPage]:
-            total, ids = self._select(bases, rule, offset, limit)
+            if start is None and not unindexed:
+                total, members = self._select(bases, narrow, offset, limit)
+                more = offset + len(members) < total
+            else:
+                total, members = self._select(bases, narrow, 0, -1)
+                if not unindexed:
+                    members, more = window(members)
             pipe.multi()
-            for tid in ids:
-                pipe.hgetall(k.task(tid))
-            return lambda replies: TaskPage([_task(h) for h in replies if h], total)
+            for m in members:
+                pipe.hgetall(k.task(m.rsplit(":", 1)[1]))
+            if not unindexed:
+                return lambda replies: TaskPage([_task(h) for h in replies if h], total, more)
 
-        return self._atomic(body, *bases, *([rule] if rule else []))
+            def finish(replies: list[Any]) -> TaskPage:
+                tasks = {m: _task(h) for m, h in zip(members, replies, strict=True) if h}
+                kept = [m for m, t in tasks.items() if rest.matches(t)]
+                page, more = window(kept)
+                return TaskPage([tasks[m] for m in page], len(kept), more)
+
+            return finish
+
+        return self._atomic(body, *bases, *narrow)
 
     @_translate
     def queue_counts(self) -> dict[str, dict[str, int]]:
@@ -921,3 +974,150 @@ class RedisStore(Store):
             return lambda _: True
 
         return self._atomic(body, key)
+
+    # -- bulk reads and restore (for `store/migrate.py`) --------------------------------------
+    @_translate
+    def iter_cursors(self) -> Iterator[tuple[str, str, str]]:
+        k = self.keys
+        found = []
+        for key in cast(Iterator[str], self._redis.scan_iter(match=k.cursor_pattern, count=500)):
+            value = cast(str | None, self._redis.hget(key, "value"))
+            if value is not None:
+                found.append((*k.parse_cursor(key), value))
+        return iter(sorted(found))
+
+    @_translate
+    def wipe(self) -> int:
+        """Delete every key of this installation (the schema version is written again).
+
+        :returns: how many keys were deleted.
+        """
+        deleted, batch = 0, []
+        for key in cast(Iterator[str], self._redis.scan_iter(match=self.keys.pattern, count=500)):
+            batch.append(key)
+            if len(batch) == 500:
+                deleted += int(self._redis.delete(*batch))
+                batch = []
+        if batch:
+            deleted += int(self._redis.delete(*batch))
+        self._redis.hsetnx(self.keys.meta, "schema_version", str(SCHEMA_VERSION))
+        return deleted
+
+    @_translate
+    def restore_task(self, task: Task, events: Sequence[TaskEvent]) -> None:
+        """Write a task exactly as given (id, version, timestamps) with its whole history,
+        replacing any task of the same id (a migration step, not a coordinator action)."""
+        k = self.keys
+
+        def body(pipe: Pipeline) -> Finish[None]:
+            current = self._read_task(pipe, task.id)
+            pipe.multi()
+            self._queue_task(pipe, current, task)
+            pipe.delete(k.task_events(task.id))
+            if events:
+                pipe.rpush(k.task_events(task.id), *(_event_json(e) for e in events))
+            return lambda _: None
+
+        self._atomic(body, k.task(task.id))
+
+    @_translate
+    def restore_outbox(self, entries: Sequence[OutboxEntry]) -> None:
+        """Write outbox entries exactly as given (ids, statuses, attempts, errors, detail) into a
+        store that holds none of their ids yet; rebuilds each task's pending list and the due
+        set, and moves the id counter past the highest id."""
+        k = self.keys
+        by_task: dict[str, list[OutboxEntry]] = {}
+        for e in entries:
+            by_task.setdefault(e.task_id, []).append(e)
+        for task_id, own in by_task.items():
+            own.sort(key=lambda e: e.id)
+            pending_key = k.outbox_pending(task_id)
+
+            def body(
+                pipe: Pipeline, own: list[OutboxEntry] = own, pk: str = pending_key
+            ) -> Finish[None]:
+                old = [int(m) for m in cast(list[str], pipe.lrange(pk, 0, -1))]
+                fresh = [e.id for e in own if e.status is OutboxStatus.PENDING]
+                pending = sorted({*old, *fresh})
+                times = {e.id: e.next_attempt_at for e in own}
+                pipe.multi()
+                for e in own:
+                    _hset(pipe, k.outbox_entry(e.id), _entry_fields(e))
+                    for index in (
+                        k.outbox_all,
+                        k.outbox_status(e.status.value),
+                        k.outbox_task(e.task_id),
+                    ):
+                        pipe.zadd(index, {str(e.id): e.id})
+                if pending != old:
+                    pipe.delete(pk)
+                    pipe.rpush(pk, *(str(i) for i in pending))
+                if pending and (not old or pending[0] != old[0]):
+                    if old:
+                        pipe.zrem(k.outbox_due, str(old[0]))
+                    pipe.zadd(k.outbox_due, {str(pending[0]): _micros(times[pending[0]])})
+                return lambda _: None
+
+            self._atomic(body, pending_key)
+        if entries:
+            top = max(e.id for e in entries)
+            script = "if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then "
+            script += "redis.call('SET', KEYS[1], ARGV[1]) end return 1"
+            self._redis.eval(script, 1, k.outbox_seq, str(top))
+
+    # -- leases and fenced writes (see `store/leases.py`) -------------------------------------
+    @property
+    def client(self) -> redis.Redis:
+        """The redis-py client (for the lease manager, which shares this store's keys)."""
+        return self._redis
+
+    @_translate
+    def ping(self) -> bool:
+        """True when Redis answers (raises StoreError when it cannot be reached)."""
+        return bool(self._redis.ping())
+
+    @_translate
+    def set_cursor_fenced(
+        self, source: str, resource_type: str, value: str | None, lease: Lease
+    ) -> bool:
+        k = self.keys
+        keys = [k.lease(lease.name), k.cursor(source, resource_type), k.fence(lease.name)]
+        now = cast(str, _ts(datetime.now(UTC)))
+        args = [lease.value, str(lease.token), value or "", now]
+        return bool(self._redis.eval(_SET_CURSOR_FENCED, len(keys), *keys, *args))
+
+
+def _entry_fields(entry: OutboxEntry) -> dict[str, str]:
+    """The hash fields of an outbox entry (the inverse of `_entry`)."""
+    return _present(
+        {
+            "id": str(entry.id),
+            "task_id": entry.task_id,
+            "source": entry.source,
+            "action": entry.action,
+            "payload": json.dumps(entry.payload),
+            "status": entry.status.value,
+            "attempts": str(entry.attempts),
+            "next_attempt_at": _ts(entry.next_attempt_at),
+            "last_error": entry.last_error,
+            "created_at": _ts(entry.created_at),
+            "delivered_at": _ts(entry.delivered_at),
+            "detail": json.dumps(entry.detail) if entry.detail is not None else None,
+        }
+    )
+
+
+# KEYS: lease, cursor, fence; ARGV: lease value, token, cursor value ('' forgets), updated_at.
+# Refused (0) unless the lease is still held with this grant and no newer token wrote before.
+_SET_CURSOR_FENCED = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local fence = tonumber(redis.call('GET', KEYS[3]) or '0')
+if tonumber(ARGV[2]) < fence then return 0 end
+redis.call('SET', KEYS[3], ARGV[2])
+if ARGV[3] == '' then
+  redis.call('DEL', KEYS[2])
+else
+  redis.call('HSET', KEYS[2], 'value', ARGV[3], 'updated_at', ARGV[4])
+end
+return 1
+"""

@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import structlog
@@ -30,9 +30,12 @@ from fhir_bridge.errors import FhirRequestError
 from fhir_bridge.fhir import FhirClient, Page
 from fhir_bridge.logging import get_logger
 from fhir_bridge.mapping.engine import RuleSet
-from fhir_bridge.sync.ingest import Ingestor, IngestResult, parse_instant
+from fhir_bridge.sync.ingest import Ingestor, IngestResult, later, parse_instant
 
 log = get_logger("sync")
+
+MAX_PASSES = 3  # searches per run when the data keeps changing while we page
+FIRST_LOAD_SUFFIX = "$first-load"  # cursor key marking a first load not yet complete
 
 # progress(source, resource_type, resources done, total or None)
 Progress = Callable[[str, str, int, int | None], None]
@@ -190,35 +193,60 @@ async def _sync_type(
     started = time.perf_counter()
     stored_cursor = await asyncio.to_thread(store.get_cursor, source.name, resource_type)
     cursor = None if full else stored_cursor
-    params = [("_count", str(source.page_size)), ("_sort", "_lastUpdated")]
-    if cursor:
-        params.append(("_lastUpdated", since_param(cursor, source.overlap)))
-    sorted_so_far = True
     high_water = cursor
+    # A first load that fails part-way is still a first load on the next run: the marker
+    # lives until a search of this type completes ('trigger: new' rules stay quiet till then).
+    marker = resource_type + FIRST_LOAD_SUFFIX
+    first_load = (
+        stored_cursor is None
+        or (await asyncio.to_thread(store.get_cursor, source.name, marker)) is not None
+    )
+    if stored_cursor is None:
+        await asyncio.to_thread(store.set_cursor, source.name, marker, "1")
+    sorted_so_far = True
     try:
-        async for page in _prefetched(client.search(resource_type, params)):
-            page_started = time.perf_counter()
-            report.pages += 1
-            sorted_so_far = sorted_so_far and _in_order(
-                page.resources, report.result.max_last_updated
-            )
-            result = await asyncio.to_thread(
-                ingestor.ingest,
-                source.name,
-                page.resources,
-                resource_type,
-                initial=stored_cursor is None,
-            )
-            report.result.add(result)
-            if sorted_so_far and report.result.max_last_updated:
-                high_water = report.result.max_last_updated
-                await asyncio.to_thread(store.set_cursor, source.name, resource_type, high_water)
-            _page_done(page.number, result, metrics, source.name, resource_type, page_started)
-            if progress:
-                progress(source.name, resource_type, report.result.received, page.total)
-        if report.result.max_last_updated and not sorted_so_far:
-            high_water = report.result.max_last_updated
-            await asyncio.to_thread(store.set_cursor, source.name, resource_type, high_water)
+        for _ in range(MAX_PASSES):
+            params = [("_count", str(source.page_size)), ("_sort", "_lastUpdated")]
+            if cursor:
+                params.append(("_lastUpdated", since_param(cursor, source.overlap)))
+            began = datetime.now(UTC)
+            sorted_so_far, pass_max, pass_pages = True, None, 0
+            async for page in _prefetched(client.search(resource_type, params)):
+                page_started = time.perf_counter()
+                report.pages += 1
+                pass_pages += 1
+                sorted_so_far = sorted_so_far and _in_order(page.resources, pass_max)
+                result = await asyncio.to_thread(
+                    ingestor.ingest,
+                    source.name,
+                    page.resources,
+                    resource_type,
+                    initial=first_load,
+                )
+                report.result.add(result)
+                pass_max = later(pass_max, result.max_last_updated)
+                if sorted_so_far and pass_max:
+                    high_water = pass_max
+                    await asyncio.to_thread(
+                        store.set_cursor, source.name, resource_type, high_water
+                    )
+                _page_done(page.number, result, metrics, source.name, resource_type, page_started)
+                if progress:
+                    progress(source.name, resource_type, report.result.received, page.total)
+            if pass_pages < 2 or pass_max is None or parse_instant(pass_max) < began:
+                if pass_max and not sorted_so_far:
+                    high_water = pass_max
+                    await asyncio.to_thread(
+                        store.set_cursor, source.name, resource_type, high_water
+                    )
+                break
+            # A resource changed while we paged. Offset pages shift when that happens, so one
+            # may have been skipped below the cursor just moved: back to where this pass began,
+            # and search again (unchanged resources are no-ops by content hash).
+            high_water = cursor
+            await asyncio.to_thread(store.set_cursor, source.name, resource_type, cursor)
+        if first_load:
+            await asyncio.to_thread(store.set_cursor, source.name, marker, None)
     except FhirRequestError as exc:
         report.error = str(exc)
         log.error(

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
-from fhir_bridge.errors import TaskConflict
-from fhir_bridge.store.base import Store
+from fhir_bridge.errors import IllegalTransition, QueueError, TaskConflict
+from fhir_bridge.store.base import DueCounts, Store
 from fhir_bridge.tasks.model import (
     MIRROR_ACTION,
     OutboxDraft,
@@ -23,6 +23,7 @@ from fhir_bridge.tasks.model import (
     TaskChange,
     TaskEvent,
     TaskStatus,
+    allowed_transitions,
     check_transition,
 )
 
@@ -218,3 +219,110 @@ class TaskService:
             )
 
         return self.store.update_task(task_id, change)
+
+    def release(self, task_id: str, coordinator: str, expected_version: int | None = None) -> Task:
+        """Give back a task you hold: it becomes open and unassigned.
+
+        :raises TaskConflict: someone else holds it.
+        :raises IllegalTransition: it is not in progress (the error lists what is allowed).
+        """
+
+        def change(task: Task) -> TaskChange:
+            if task.status is TaskStatus.IN_PROGRESS and task.assignee != coordinator:
+                raise TaskConflict(f"task {task.id} is held by another coordinator")
+            if task.status is TaskStatus.OPEN:
+                raise IllegalTransition(
+                    f"task {task.id} is open: there is nothing to release",
+                    current=task.status.value,
+                    allowed=allowed_transitions(task.status),
+                )
+            check_transition(task.status, TaskStatus.OPEN)
+            return self._change(
+                task,
+                actor=coordinator,
+                action="release",
+                note=None,
+                expected_version=expected_version,
+                status=TaskStatus.OPEN,
+                assignee=None,
+            )
+
+        return self.store.update_task(task_id, change)
+
+    def assign(
+        self,
+        task_id: str,
+        coordinator: str,
+        assignee: str,
+        expected_version: int | None = None,
+    ) -> Task:
+        """Give an active task to `assignee` (its status stays); the history keeps who had it.
+
+        :raises TaskConflict: the task is completed or cancelled.
+        """
+
+        def change(task: Task) -> TaskChange:
+            if not task.is_active:
+                raise TaskConflict(
+                    f"task {task.id} is {task.status.value}: only open or in-progress tasks "
+                    "can be assigned"
+                )
+            result = self._change(
+                task,
+                actor=coordinator,
+                action="assign",
+                note=None,
+                expected_version=expected_version,
+                assignee=assignee,
+            )
+            detail = {"from_assignee": task.assignee, "to_assignee": assignee}
+            return replace(result, event=replace(result.event, detail=detail))
+
+        return self.store.update_task(task_id, change)
+
+    def comment(
+        self, task_id: str, coordinator: str, text: str, expected_version: int | None = None
+    ) -> TaskEvent:
+        """Add a comment to a task's history (action "comment"). The task itself, its version
+        and the EHR are untouched: a comment is a note between coordinators.
+
+        Comments may name the patient: they are kept in the store only, never logged.
+        """
+        event: list[TaskEvent] = []
+
+        def change(task: Task) -> TaskChange:
+            if expected_version is not None and task.version != expected_version:
+                raise TaskConflict(
+                    f"task {task.id} is at version {task.version}, not {expected_version}: "
+                    "it changed since you read it"
+                )
+            status = task.status.value
+            note = TaskEvent(
+                task.id, self.clock(), coordinator, "comment", status, status, {"text": text}
+            )
+            event[:] = [note]  # the store may run `change` again on a conflict: keep the last
+            return TaskChange(task, note)
+
+        self.store.update_task(task_id, change)
+        return event[-1]
+
+    def bulk_assign(
+        self, task_ids: Sequence[str], coordinator: str, assignee: str
+    ) -> list[Task | QueueError]:
+        """Assign each task in turn; one failing task (unknown, closed) does not stop the rest.
+
+        :returns: per id, in order, the assigned task or the error that refused it.
+        """
+        results: list[Task | QueueError] = []
+        for task_id in task_ids:
+            try:
+                results.append(self.assign(task_id, coordinator, assignee))
+            except QueueError as exc:
+                results.append(exc)
+        return results
+
+    def due_counts(self) -> dict[str, DueCounts]:
+        """Per queue, active tasks overdue now and still due before the end of the UTC day."""
+        now = self.clock().astimezone(UTC)
+        day_end = datetime.combine(now.date() + timedelta(days=1), time(), tzinfo=UTC)
+        return self.store.due_counts(now, day_end)

@@ -1,0 +1,1 @@
+"""Tests of the patients room: identity, consolidated history, search."""

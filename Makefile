@@ -42,9 +42,8 @@ format: install
 mypy: install
 	$(BIN)/mypy src
 
-bench: install  ## benchmarks: prints figures and ratios, asserts nothing
-	$(BIN)/python bench/run.py
-	$(BIN)/python bench/bulk.py
+bench: install  ## every benchmark: one table of figures and ratios (JSON in bench/results), asserts nothing
+	$(BIN)/python bench/run.py --compare last
 
 clean:
 	rm -rf $(VENV) .fhirpeer var .pytest_cache .mypy_cache .ruff_cache bench/results build dist

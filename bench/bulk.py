@@ -45,8 +45,12 @@ def _rewrite(node: Any, suffix: str) -> Any:
     return node
 
 
-def generate(folder: Path, size: int) -> int:
-    """Write at least `size` resources as one NDJSON file per type into `folder`."""
+def generate(folder: Path, size: int, tag: str = "b") -> int:
+    """Write at least `size` resources as one NDJSON file per type into `folder`.
+
+    Ids and references of copy k end in `-<tag><k>`: folders written with different tags hold
+    disjoint populations that can be ingested into one store.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     per_type = {
         p.stem: [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
@@ -57,7 +61,7 @@ def generate(folder: Path, size: int) -> int:
     for rtype, items in per_type.items():
         with (folder / f"{rtype}.ndjson").open("w", encoding="utf-8") as handle:
             for k in range(copies):
-                suffix = f"-b{k}"
+                suffix = f"-{tag}{k}"
                 for item in items:
                     copy = _rewrite(item, suffix) | {"id": f"{item['id']}{suffix}"}
                     handle.write(json.dumps(copy, separators=(",", ":")) + "\n")
@@ -65,19 +69,28 @@ def generate(folder: Path, size: int) -> int:
     return written
 
 
-def child(folder: Path, db: Path) -> None:
-    """Ingest `folder` into a new store at `db`; print one JSON line of figures."""
+def storage_for(target: str, prefix: str | None) -> StorageConfig:
+    """A SQLite file at `target`, or the Redis at `target` (redis://...) under `prefix`."""
+    if target.startswith(("redis://", "rediss://", "unix://")):
+        return StorageConfig(engine="redis", redis_url=target, key_prefix=prefix or "bench")
+    return StorageConfig(path=Path(target))
+
+
+def child(folder: Path, target: str, prefix: str | None = None) -> None:
+    """Ingest `folder` into the store at `target`; print one JSON line of figures."""
     configure_logging("WARNING")
     settings = Settings(
-        storage=StorageConfig(path=db),
+        storage=storage_for(target, prefix),
         mappings_dir=ROOT / "mappings",
         profiles_dir=ROOT / "profiles",
     )
     bridge = Bridge(settings, clock=lambda: NOW)
     try:
+        started = time.time()
         start = time.perf_counter()
         report = ingest_files(bridge.ingestor, "bench", [folder])
         seconds = time.perf_counter() - start
+        ended = time.time()
     finally:
         bridge.close()
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
@@ -92,40 +105,69 @@ def child(folder: Path, db: Path) -> None:
                 "seconds": round(seconds, 2),
                 "per_second": round(r.received / seconds),
                 "peak_rss_mb": round(peak_kb / 1024, 1),
+                "started": started,
+                "ended": ended,
             }
         )
     )
+
+
+def run_child(folder: Path, target: str, prefix: str | None = None) -> subprocess.Popen[str]:
+    """Start a child process ingesting `folder` into `target` (see `child`)."""
+    cmd = [sys.executable, __file__, "--child", str(folder), target]
+    if prefix:
+        cmd += ["--prefix", prefix]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def child_result(proc: subprocess.Popen[str]) -> dict[str, Any]:
+    """The figures a child printed; its stderr in the error if it failed."""
+    stdout, stderr = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"bulk child failed ({proc.returncode}): {stderr.strip()[-2000:]}")
+    result: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
+    return result
+
+
+def measure(sizes: list[int], tmp: Path) -> list[dict[str, Any]]:
+    """Generate each size under `tmp` and ingest it into a fresh SQLite file in a child process.
+
+    Each figure also names its NDJSON `folder`, `written` resources and `ndjson_mb`.
+    """
+    figures = []
+    for size in sizes:
+        folder = tmp / f"ndjson-{size}"
+        written = generate(folder, size)
+        result = child_result(run_child(folder, str(tmp / f"{size}.db")))
+        result |= {
+            "size": size,
+            "written": written,
+            "folder": str(folder),
+            "ndjson_mb": round(sum(p.stat().st_size for p in folder.iterdir()) / 1e6, 1),
+        }
+        figures.append(result)
+    return figures
 
 
 def main() -> None:
     """Generate each size, ingest it in a child process, print the figures and the RSS ratio."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 100_000])
-    parser.add_argument("--child", nargs=2, metavar=("FOLDER", "DB"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=2, metavar=("FOLDER", "TARGET"), help=argparse.SUPPRESS)
+    parser.add_argument("--prefix", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(Path(args.child[0]), Path(args.child[1]))
+        child(Path(args.child[0]), args.child[1], args.prefix)
         return
-    figures = []
     with tempfile.TemporaryDirectory(prefix="bench-bulk-") as tmp:
-        for size in args.sizes:
-            folder = Path(tmp) / f"ndjson-{size}"
-            written = generate(folder, size)
-            proc = subprocess.run(
-                [sys.executable, __file__, "--child", str(folder), str(Path(tmp) / f"{size}.db")],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            result = json.loads(proc.stdout.strip().splitlines()[-1])
-            mb = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
-            figures.append(result)
-            print(
-                f"bulk ingest {written:>7} resources ({mb:6.1f} MB NDJSON): "
-                f"{result['per_second']:>5} resources/s, {result['seconds']:>6.1f} s, "
-                f"peak RSS {result['peak_rss_mb']:6.1f} MB, "
-                f"{result['quarantined']} quarantined, {result['tasks_created']} tasks"
-            )
+        figures = measure(args.sizes, Path(tmp))
+    for result in figures:
+        print(
+            f"bulk ingest {result['written']:>7} resources ({result['ndjson_mb']:6.1f} MB NDJSON): "
+            f"{result['per_second']:>5} resources/s, {result['seconds']:>6.1f} s, "
+            f"peak RSS {result['peak_rss_mb']:6.1f} MB, "
+            f"{result['quarantined']} quarantined, {result['tasks_created']} tasks"
+        )
     if len(figures) >= 2:
         ratio = figures[-1]["peak_rss_mb"] / figures[0]["peak_rss_mb"]
         size_ratio = figures[-1]["resources"] / figures[0]["resources"]

@@ -1,13 +1,23 @@
-"""Benchmarks: print figures and their ratios to anchors measured in the same run; assert nothing.
+"""Every benchmark in one run: a table of figures and their ratios to anchors measured in the
+same run; results written as JSON to compare runs. Asserts nothing.
 
-    make bench            # or: .venv/bin/python bench/run.py [--repeat N]
+    make bench            # or: .venv/bin/python bench/run.py [--repeat N] [--bulk-sizes ...]
 
-1. ingest: the bridge's ingest path (R4B parse + store + all rules + task upsert on SQLite)
-   over the packaged sample NDJSON, next to the bare `fhir.resources.R4B` parse of the same lines.
+1. ingest: the bridge's ingest path (R4B parse + profiles + store + all rules + task upsert on
+   SQLite) over the packaged sample NDJSON, next to two anchors on the same lines: the bare
+   `fhir.resources.R4B` parse and the `orjson` parse (the floor of reading JSON at all).
 2. sync: a full sync of the sample population from a real SEKMET, next to raw httpx paging of
    the same searches (same page size, same sort), which is the floor any client pays.
+3. bulk: file ingest (bench/bulk.py) of generated populations in child processes: resources/s
+   against the in-process ingest rate of (1), and peak RSS of the largest against the smallest.
+4. api: GET latencies (p50, p99) over loopback HTTP against uvicorn serving a store with the
+   smallest bulk population; anchor: `/healthz` (the same stack, no store work).
+5. redis: bulk file ingest into Redis by one process, then by two processes at once (disjoint
+   halves, same key prefix); anchors: the SQLite rate of (3) and the one-process rate.
 
-Results are also written to bench/results/<timestamp>.json so runs can be compared.
+Results go to bench/results/<timestamp>.json (figures, the table, the run's settings);
+`--compare FILE` (or `--compare last`, as `make bench` does) adds a column with the change of
+each figure against an earlier results file.
 """
 
 from __future__ import annotations
@@ -15,16 +25,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import platform
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
+import uuid
+import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import bulk  # bench/bulk.py, next to this file
 import httpx
+import orjson
 from fhir.resources.R4B import get_fhir_model_class
 
 from fhir_bridge.config import DEFAULT_RESOURCE_TYPES, Settings, SourceConfig, StorageConfig
@@ -34,13 +53,16 @@ from fhir_bridge.runtime import Bridge
 from fhir_bridge.sandbox import Sekmet, sample_data_dir, seed_sample
 from fhir_bridge.store import SqliteStore
 from fhir_bridge.sync.engine import dependency_order
+from fhir_bridge.sync.files import ingest_files
 from fhir_bridge.sync.ingest import Ingestor, ProfilePolicy
 from fhir_bridge.tasks.service import TaskService
 from fhir_bridge.validate.profiles import ProfileSet
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
 PAGE_SIZE = 100
 NOW = datetime(2026, 11, 26, 12, tzinfo=UTC)  # the sample population's reference date
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def median_time(fn: Callable[[], Any], repeat: int) -> float:
@@ -58,8 +80,16 @@ def load_lines(types: list[str]) -> dict[str, list[str]]:
     return {t: (sample_data_dir() / f"{t}.ndjson").read_text().splitlines() for t in types}
 
 
+def _api_settings(**fields: Any) -> Settings:
+    """Settings for the benchmark bridges: API auth and rate limiting off where they exist."""
+    if "auth" in Settings.model_fields:
+        fields.setdefault("auth", {"enabled": False, "rate_limit_per_minute": 0})
+    return Settings(mappings_dir=ROOT / "mappings", profiles_dir=ROOT / "profiles", **fields)
+
+
+# -- 1. ingest ---------------------------------------------------------------------------------
 def bench_ingest(repeat: int) -> dict[str, Any]:
-    """Bare parse vs the whole ingest path, resources per second, on the same lines.
+    """orjson parse and bare R4B parse vs the whole ingest path, on the same lines.
 
     The ingest path is what sync runs per page: R4B parse, core bindings and the five bridge
     profiles, content hash, store, every default rule, task upsert; on a fresh SQLite file
@@ -71,16 +101,20 @@ def bench_ingest(repeat: int) -> dict[str, Any]:
     lines = load_lines(dependency_order(DEFAULT_RESOURCE_TYPES, rules))
     count = sum(len(v) for v in lines.values())
 
+    def parse_orjson() -> None:
+        for rows in lines.values():
+            for row in rows:
+                orjson.loads(row)
+
     def bare() -> None:
         for rtype, rows in lines.items():
             model = get_fhir_model_class(rtype)
             for row in rows:
                 model.model_validate(json.loads(row))
 
-    evaluations = 0
+    evaluations = sum(len(rules.for_type(t)) * len(rows) for t, rows in lines.items())
 
     def ingest() -> None:
-        nonlocal evaluations
         with tempfile.TemporaryDirectory() as tmp:
             store = SqliteStore(Path(tmp) / "b.db")
             ingestor = Ingestor(
@@ -94,19 +128,24 @@ def bench_ingest(repeat: int) -> dict[str, Any]:
             for rtype, rows in lines.items():
                 ingestor.ingest("bench", [json.loads(r) for r in rows], rtype, initial=True)
             store.close()
-        evaluations = sum(len(rules.for_type(t)) * len(rows) for t, rows in lines.items())
 
+    t_orjson = median_time(parse_orjson, repeat)
     t_bare = median_time(bare, repeat)
     t_ingest = median_time(ingest, repeat)
     return {
         "resources": count,
+        "orjson_parse_per_s": count / t_orjson,
         "bare_parse_per_s": count / t_bare,
         "ingest_per_s": count / t_ingest,
         "rule_evaluations_per_s": evaluations / t_ingest,
-        "ingest_vs_bare": t_bare / t_ingest,
+        "ingest_vs_bare": t_bare / t_ingest,  # rate ratio, as in earlier results files
+        "ingest_time_x_bare": t_ingest / t_bare,
+        "ingest_time_x_orjson": t_ingest / t_orjson,
+        "bare_time_x_orjson": t_bare / t_orjson,
     }
 
 
+# -- 2. sync -----------------------------------------------------------------------------------
 async def raw_paging(url: str) -> int:
     """Page through every type with plain httpx, as cheaply as a client can."""
     seen = 0
@@ -133,11 +172,9 @@ def bench_sync(repeat: int) -> dict[str, Any]:
         def sync_once() -> float:
             """Seconds for one full sync into a fresh store (start-up not counted)."""
             with tempfile.TemporaryDirectory() as tmp:
-                settings = Settings(
+                settings = _api_settings(
                     sources=(SourceConfig(name="bench", base_url=url, page_size=PAGE_SIZE),),
                     storage=StorageConfig(path=Path(tmp) / "b.db"),
-                    mappings_dir=ROOT / "mappings",
-                    profiles_dir=ROOT / "profiles",
                 )
                 bridge = Bridge(settings, clock=lambda: NOW)
                 start = time.perf_counter()
@@ -157,39 +194,372 @@ def bench_sync(repeat: int) -> dict[str, Any]:
     }
 
 
-def main() -> None:
-    """Run the benchmarks, print a table, write JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
-    configure_logging("ERROR")
-    results = {"ingest": bench_ingest(args.repeat), "sync": bench_sync(args.repeat)}
-    i, s = results["ingest"], results["sync"]
-    rows = [
-        ("ingest: bare R4B parse", f"{i['bare_parse_per_s']:,.0f} resources/s", ""),
-        ("ingest: rule evaluations", f"{i['rule_evaluations_per_s']:,.0f} /s", ""),
+# -- 3. bulk -----------------------------------------------------------------------------------
+def bench_bulk(sizes: list[int], tmp: Path, ingest_per_s: float) -> dict[str, Any]:
+    """bench/bulk.py's measurement at `sizes`; folders are kept in `tmp` for the API part."""
+    figures = bulk.measure(sizes, tmp)
+    result: dict[str, Any] = {"sizes": figures}
+    for fig in figures:
+        fig["vs_in_process_ingest"] = fig["per_second"] / ingest_per_s
+    if len(figures) >= 2:
+        result["rss_ratio"] = figures[-1]["peak_rss_mb"] / figures[0]["peak_rss_mb"]
+        result["input_ratio"] = figures[-1]["resources"] / figures[0]["resources"]
+    return result
+
+
+# -- 4. api ------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def bench_api(folder: Path, tmp: Path, requests: int) -> dict[str, Any]:
+    """p50/p99 of GET routes over loopback HTTP (one client, keep-alive) vs /healthz."""
+    import uvicorn
+
+    from fhir_bridge.api import create_app
+
+    bridge = Bridge(_api_settings(storage=StorageConfig(path=tmp / "api.db")), clock=lambda: NOW)
+    try:
+        ingest_files(bridge.ingestor, "bench", [folder])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            app = create_app(bridge)
+        port = _free_port()
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="off"
+            )
+        )
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 20
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+                listing = client.get("/tasks", params={"limit": 50})
+                listing.raise_for_status()
+                items = listing.json()["items"]
+                task_id = items[0]["id"]
+                routes = {
+                    "healthz": "/healthz",
+                    "queues": "/queues",
+                    "queue_tasks": "/queues/scheduling/tasks?status=open&limit=50",
+                    "task": f"/tasks/{task_id}",
+                }
+                result: dict[str, Any] = {
+                    "requests_per_route": requests,
+                    "tasks": listing.json()["total"],
+                }
+                times: dict[str, list[float]] = {name: [] for name in routes}
+                warm = requests // 10
+                for i in range(requests + warm):  # round robin: noise hits every route alike
+                    for name, path in routes.items():
+                        start = time.perf_counter()
+                        response = client.get(path)
+                        elapsed = time.perf_counter() - start
+                        if response.status_code != 200:
+                            raise RuntimeError(f"GET {path}: HTTP {response.status_code}")
+                        if i >= warm:
+                            times[name].append(elapsed * 1000)
+                for name, values in times.items():
+                    result[name] = {
+                        "p50_ms": _percentile(values, 0.50),
+                        "p99_ms": _percentile(values, 0.99),
+                    }
+                anchor = result["healthz"]["p99_ms"]
+                for name in routes:
+                    result[name]["p99_x_healthz"] = result[name]["p99_ms"] / anchor
+                return result
+        finally:
+            server.should_exit = True
+            thread.join(timeout=10)
+    finally:
+        bridge.close()
+
+
+# -- 5. redis ----------------------------------------------------------------------------------
+def _delete_prefix(client: Any, prefix: str) -> None:
+    from fhir_bridge.store.keys import Keys
+
+    batch: list[str] = []
+    for key in client.scan_iter(match=Keys(prefix).pattern, count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            client.delete(*batch)
+            batch.clear()
+    if batch:
+        client.delete(*batch)
+
+
+def _together(procs: list[subprocess.Popen[str]]) -> dict[str, Any]:
+    """Resources, wall seconds (first start to last end of the ingest) and rate of children."""
+    results = [bulk.child_result(p) for p in procs]
+    wall = max(r["ended"] for r in results) - min(r["started"] for r in results)
+    received = sum(r["resources"] for r in results)
+    return {"resources": received, "seconds": wall, "per_second": received / wall}
+
+
+def bench_redis(half: int, tmp: Path, sqlite_per_s: float | None) -> dict[str, Any]:
+    """One process ingesting 2 x `half` into Redis vs two processes ingesting `half` each."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        return {"skipped": f"Redis not reachable at {REDIS_URL.split('@')[-1]}: {exc}"}
+    halves = [tmp / "redis-a", tmp / "redis-b"]
+    per_half = [bulk.generate(folder, half, tag=f"r{i}") for i, folder in enumerate(halves)]
+    whole = tmp / "redis-whole"
+    bulk.generate(whole, sum(per_half), tag="w")
+    prefixes = [f"bench-{uuid.uuid4().hex[:12]}" for _ in range(2)]
+    try:
+        one = _together([bulk.run_child(whole, REDIS_URL, prefixes[0])])
+        two = _together([bulk.run_child(folder, REDIS_URL, prefixes[1]) for folder in halves])
+    finally:
+        for prefix in prefixes:
+            _delete_prefix(client, prefix)
+        client.close()
+    result = {
+        "one_process": one,
+        "two_processes": two,
+        "scaling": two["per_second"] / one["per_second"],
+        "cpus": os.cpu_count(),
+    }
+    if sqlite_per_s:
+        result["one_vs_sqlite"] = one["per_second"] / sqlite_per_s
+    return result
+
+
+# -- table and JSON ----------------------------------------------------------------------------
+Row = tuple[str, str, str, float | None]  # name, figure, ratio text, comparable number
+
+
+def table_rows(r: dict[str, Any]) -> list[Row]:
+    """The printed rows: (name, figure, ratio to its anchor, the number compared across runs)."""
+    rows: list[Row] = []
+    i = r["ingest"]
+    rows += [
+        ("ingest: orjson parse (anchor)", f"{i['orjson_parse_per_s']:,.0f} res/s", "", None),
         (
-            "ingest: parse+store+rules+tasks",
-            f"{i['ingest_per_s']:,.0f} resources/s",
-            f"{i['ingest_vs_bare']:.2f}x of bare parse rate",
+            "ingest: bare R4B parse (anchor)",
+            f"{i['bare_parse_per_s']:,.0f} res/s",
+            f"{i['bare_time_x_orjson']:,.0f}x orjson time",
+            i["bare_parse_per_s"],
         ),
-        ("sync: raw httpx paging", f"{s['raw_paging_s'] * 1000:,.0f} ms", f"{s['resources']} res."),
+        ("ingest: rule evaluations", f"{i['rule_evaluations_per_s']:,.0f} /s", "", None),
         (
-            "sync: bridge full sync",
-            f"{s['bridge_sync_s'] * 1000:,.0f} ms",
-            f"{s['sync_vs_raw']:.2f}x raw paging time",
+            "ingest: parse+profiles+store+rules+tasks",
+            f"{i['ingest_per_s']:,.0f} res/s",
+            f"{i['ingest_time_x_bare']:.2f}x R4B time, "
+            f"{i['ingest_time_x_orjson']:,.0f}x orjson time",
+            i["ingest_per_s"],
         ),
     ]
+    if "sync" in r:
+        s = r["sync"]
+        rows += [
+            (
+                "sync: raw httpx paging (anchor)",
+                f"{s['raw_paging_s'] * 1000:,.0f} ms",
+                f"{s['resources']} resources",
+                None,
+            ),
+            (
+                "sync: bridge full sync",
+                f"{s['bridge_sync_s'] * 1000:,.0f} ms",
+                f"{s['sync_vs_raw']:.2f}x raw paging time",
+                s["bridge_sync_s"] * 1000,
+            ),
+        ]
+    if "bulk" in r:
+        b = r["bulk"]
+        for fig in b["sizes"]:
+            rows.append(
+                (
+                    f"bulk: file ingest, {fig['size']:,} (SQLite)",
+                    f"{fig['per_second']:,} res/s",
+                    f"{fig['vs_in_process_ingest']:.2f}x in-process ingest rate; "
+                    f"{fig['resources']:,} res, RSS {fig['peak_rss_mb']:.0f} MB",
+                    float(fig["per_second"]),
+                )
+            )
+        if "rss_ratio" in b:
+            rows.append(
+                (
+                    "bulk: peak RSS, largest / smallest",
+                    f"{b['rss_ratio']:.2f}x",
+                    f"for {b['input_ratio']:.1f}x the input (1.0 = flat)",
+                    b["rss_ratio"],
+                )
+            )
+    if "api" in r:
+        a = r["api"]
+        if "skipped" in a:
+            rows.append(("api", "skipped", a["skipped"], None))
+        else:
+            for name, label in (
+                ("healthz", "GET /healthz (anchor)"),
+                ("queues", "GET /queues"),
+                ("queue_tasks", "GET /queues/{q}/tasks?status=open"),
+                ("task", "GET /tasks/{id}"),
+            ):
+                fig = a[name]
+                ratio = "" if name == "healthz" else f"{fig['p99_x_healthz']:.1f}x /healthz p99"
+                rows.append(
+                    (
+                        f"api: {label} p50 / p99",
+                        f"{fig['p50_ms']:.1f} / {fig['p99_ms']:.1f} ms",
+                        ratio,
+                        fig["p99_ms"],
+                    )
+                )
+    if "redis" in r:
+        x = r["redis"]
+        if "skipped" in x:
+            rows.append(("redis", "skipped", x["skipped"], None))
+        else:
+            one, two = x["one_process"], x["two_processes"]
+            vs = f"{x['one_vs_sqlite']:.2f}x SQLite bulk rate" if "one_vs_sqlite" in x else ""
+            rows += [
+                (
+                    "redis: file ingest, 1 process",
+                    f"{one['per_second']:,.0f} res/s",
+                    f"{vs}; {one['resources']:,} res" if vs else f"{one['resources']:,} res",
+                    one["per_second"],
+                ),
+                (
+                    "redis: file ingest, 2 processes, same prefix",
+                    f"{two['per_second']:,.0f} res/s",
+                    f"{x['scaling']:.2f}x 1 process ({x['cpus']} CPUs; 2.0 = linear)",
+                    two["per_second"],
+                ),
+            ]
+    return rows
+
+
+def print_table(rows: list[Row], header: str, previous: dict[str, float] | None) -> None:
+    """One table on stdout; with `previous`, a column of the change against that run."""
     width = max(len(r[0]) for r in rows)
-    sys.stdout.write(
-        f"median of {args.repeat} runs, sample population ({i['resources']} resources)\n"
+    fig_width = max(len(r[1]) for r in rows)
+    sys.stdout.write(header + "\n")
+    for name, figure, ratio, number in rows:
+        line = f"  {name:<{width}}  {figure:>{fig_width}}  {ratio}"
+        if previous is not None and number is not None and previous.get(name):
+            change = (number / previous[name] - 1) * 100
+            line = f"{line:<{width + fig_width + 60}}  {change:+.0f}% vs earlier"
+        sys.stdout.write(line.rstrip() + "\n")
+
+
+def _git_commit() -> str | None:
+    try:
+        proc = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return proc.stdout.strip() or None
+
+
+def _previous(compare: str | None) -> dict[str, float] | None:
+    """Comparable values of an earlier run (`--compare FILE` or `last`), by row name."""
+    if not compare:
+        return None
+    if compare == "last":
+        earlier = sorted(RESULTS.glob("*.json"), reverse=True) if RESULTS.is_dir() else []
+        for path in earlier:
+            table = json.loads(path.read_text()).get("table")
+            if table:
+                sys.stdout.write(f"compared with bench/results/{path.name}\n")
+                return {row["name"]: row["value"] for row in table}
+        return None
+    table = json.loads(Path(compare).read_text()).get("table", [])
+    return {row["name"]: row["value"] for row in table}
+
+
+def main() -> None:
+    """Run the benchmarks, print one table, write JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5, help="runs per figure (median)")
+    parser.add_argument(
+        "--bulk-sizes", type=int, nargs="+", default=[5_000, 20_000], help="bulk input sizes"
     )
-    for name, figure, ratio in rows:
-        sys.stdout.write(f"  {name:<{width}}  {figure:>22}  {ratio}\n")
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
+    parser.add_argument("--api-requests", type=int, default=400, help="GETs per route")
+    parser.add_argument(
+        "--redis-half", type=int, default=3_000, help="resources per process in the Redis part"
+    )
+    parser.add_argument(
+        "--skip",
+        nargs="+",
+        default=[],
+        choices=["sync", "bulk", "api", "redis"],
+        help="parts to leave out",
+    )
+    parser.add_argument(
+        "--compare",
+        help="an earlier bench/results/*.json, or 'last' for the newest one with a table",
+    )
+    args = parser.parse_args()
+    configure_logging("ERROR")
+    started = time.perf_counter()
+    results: dict[str, Any] = {
+        "meta": {
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            "commit": _git_commit(),
+            "python": platform.python_version(),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+            "repeat": args.repeat,
+        }
+    }
+    results["ingest"] = bench_ingest(args.repeat)
+    if "sync" not in args.skip:
+        results["sync"] = bench_sync(args.repeat)
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        sqlite_rate: float | None = None
+        if "bulk" not in args.skip:
+            results["bulk"] = bench_bulk(args.bulk_sizes, tmp, results["ingest"]["ingest_per_s"])
+            sqlite_rate = results["bulk"]["sizes"][-1]["per_second"]
+        if "api" not in args.skip:
+            folder = tmp / "api-ndjson"
+            if "bulk" in results:
+                folder = Path(results["bulk"]["sizes"][0]["folder"])
+            else:
+                bulk.generate(folder, args.bulk_sizes[0])
+            results["api"] = bench_api(folder, tmp, args.api_requests)
+        if "redis" not in args.skip:
+            results["redis"] = bench_redis(args.redis_half, tmp, sqlite_rate)
+    results["meta"]["seconds"] = round(time.perf_counter() - started, 1)
+    rows = table_rows(results)
+    results["table"] = [{"name": n, "figure": f, "ratio": r, "value": v} for n, f, r, v in rows]
+    previous = _previous(args.compare)
+    meta = results["meta"]
+    print_table(
+        rows,
+        f"fhir_bridge benchmarks, {meta['when']} (commit {meta['commit']}, Python "
+        f"{meta['python']}, {meta['machine']}); medians of {args.repeat} runs on the sample "
+        f"population ({results['ingest']['resources']} resources); ratios are to anchors "
+        f"measured in this run; {meta['seconds']:.0f} s",
+        previous,
+    )
+    RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    (out / f"{stamp}.json").write_text(json.dumps(results, indent=2))
+    (RESULTS / f"{stamp}.json").write_text(json.dumps(results, indent=2, default=str))
     sys.stdout.write(f"written bench/results/{stamp}.json\n")
 
 

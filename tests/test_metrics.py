@@ -112,7 +112,10 @@ async def synced() -> AsyncIterator[Bridge]:
     """A bridge that synced the sample from the fake EHR, with metrics wired as in production."""
     source = SourceConfig(name="ehr", base_url=BASE, writeback=True)
     settings = Settings(
-        sources=(source,), mappings_dir=ROOT / "mappings", profiles_dir=ROOT / "profiles"
+        auth={"enabled": False},  # not about access control
+        sources=(source,),
+        mappings_dir=ROOT / "mappings",
+        profiles_dir=ROOT / "profiles",
     )
     bridge = Bridge(settings, store=SqliteStore(":memory:"), clock=lambda: NOW)
     client = FhirClient(
@@ -255,6 +258,7 @@ async def test_no_label_value_is_an_id_or_reference(synced):
 def test_each_bridge_has_its_own_registry():
     """Two bridges never share a series: counting in one leaves the other at zero."""
     settings = Settings(
+        auth={"enabled": False},  # not about access control
         sources=(SourceConfig(name="ehr", base_url=BASE),),
         mappings_dir=ROOT / "mappings",
         profiles_dir=ROOT / "profiles",
@@ -273,6 +277,7 @@ def test_each_bridge_has_its_own_registry():
 def test_a_failing_store_leaves_the_scrape_answering():
     """When the store cannot be read, /metrics still answers with the code-path series."""
     settings = Settings(
+        auth={"enabled": False},  # not about access control
         sources=(SourceConfig(name="ehr", base_url=BASE),),
         mappings_dir=ROOT / "mappings",
         profiles_dir=ROOT / "profiles",
@@ -291,6 +296,7 @@ CATALOG_TYPES = ("Patient", "Appointment", "CarePlan", "Coverage", "MedicationSt
 async def test_network_errors_are_counted_as_error_status_and_retried():
     """A connection failure counts as status 'error', in requests and in retries."""
     settings = Settings(
+        auth={"enabled": False},  # not about access control
         sources=(SourceConfig(name="ehr", base_url=BASE),),
         mappings_dir=ROOT / "mappings",
         profiles_dir=ROOT / "profiles",

@@ -21,7 +21,8 @@ import uvicorn
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fhir_bridge import cli_ingest
+from fhir_bridge import cli_ingest, cli_init
+from fhir_bridge.cli_auth import auth_app
 from fhir_bridge.cli_outbox import outbox_app
 from fhir_bridge.cli_sources import sources_app
 from fhir_bridge.cli_worker import worker_app
@@ -170,7 +171,9 @@ async def _serve(bridge: Bridge) -> None:
 @app.command()
 def serve() -> None:
     """Serve the coordinator API only (no sync, no write-back)."""
-    bridge = Bridge(_settings())
+    settings = _settings()
+    settings.auth.check_configured()  # before anything starts, not at the first request
+    bridge = Bridge(settings)
     try:
         asyncio.run(_until_interrupted(bridge, serve=True, sync=False, writeback=False))
     finally:
@@ -180,7 +183,9 @@ def serve() -> None:
 @app.command()
 def run() -> None:
     """Sync on every source's interval, serve the API and deliver write-backs."""
-    bridge = Bridge(_settings())
+    settings = _settings()
+    settings.auth.check_configured()  # before anything syncs, not at the first request
+    bridge = Bridge(settings)
     api = bridge.settings.api
     err.print(f"fhir_bridge API on http://{api.host}:{api.port}/queues (docs at /docs)")
     try:
@@ -239,6 +244,8 @@ app.add_typer(outbox_app, name="outbox")
 app.add_typer(worker_app)  # top-level `worker` and `migrate`
 app.command("ingest")(cli_ingest.ingest)
 app.command("export")(cli_ingest.export)
+app.command("init")(cli_init.init)
+app.add_typer(auth_app, name="auth")
 
 
 def _mappings_dir(folder: Path | None) -> Path:

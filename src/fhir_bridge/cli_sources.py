@@ -1,4 +1,6 @@
 """`fhir-bridge sources check`: can the bridge reach each source, log in, and sync it how?
+`fhir-bridge sources subscribe NAME`: create rest-hook Subscriptions on a source.
+`fhir-bridge sources status`: the running bridge's view: last sync and circuit breaker.
 
 Exit status: 0 when every checked source is reachable and accepts our credentials, 1 when one is
 not, 2 for a configuration mistake.
@@ -8,18 +10,20 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import httpx
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from fhir_bridge.config import Settings, SourceConfig, load_settings
-from fhir_bridge.errors import ConfigError
+from fhir_bridge.errors import ConfigError, FhirRequestError
 from fhir_bridge.fhir.capabilities import CompatibilityReport, ResourceSupport, SyncStrategy
 from fhir_bridge.logging import configure_logging
-from fhir_bridge.sources import check_source
+from fhir_bridge.sources import check_source, client_for
+from fhir_bridge.sync.subscriptions import SubscribeResult, endpoint_for, subscribe
 
 sources_app = typer.Typer(no_args_is_help=True, add_completion=False)
 
@@ -160,4 +164,112 @@ def check(
         out.print(summary(report), highlight=False, markup=False, soft_wrap=True)
         out.print()
     if not all(r.ok for r in reports):
+        raise typer.Exit(1)
+
+
+async def _subscribe(source: SourceConfig, endpoint: str) -> list[SubscribeResult]:
+    async with client_for(source) as client:
+        return await subscribe(source, client, endpoint)
+
+
+@sources_app.command("subscribe")
+def subscribe_command(
+    name: Annotated[str, typer.Argument(help="the source to subscribe to")],
+    endpoint: Annotated[
+        str | None,
+        typer.Option(
+            help="the bridge's public base URL (default: the source's subscription.endpoint_base)"
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Create an R4 rest-hook Subscription per resource type on the source, delivering to
+    {endpoint}/subscriptions/NAME with the shared secret; existing ones are kept."""
+    out, err = Console(), Console(stderr=True)
+    try:
+        settings, [source] = _load(config, name)
+        if source.subscription is None:
+            raise ConfigError(f"source {name}: add 'subscription: {{secret_env: ...}}' first")
+        base = endpoint or (
+            str(source.subscription.endpoint_base) if source.subscription.endpoint_base else None
+        )
+        if not base or not base.startswith(("http://", "https://")):
+            raise ConfigError("give --endpoint http(s)://... (the bridge's public base URL)")
+    except ConfigError as exc:
+        err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    configure_logging("WARNING" if settings.log_level != "DEBUG" else "DEBUG")
+    target = endpoint_for(base, source.name)
+    try:
+        results = asyncio.run(_subscribe(source, target))
+    except ConfigError as exc:
+        err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except FhirRequestError as exc:
+        err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    for r in results:
+        verb = "created" if r.created else "exists "
+        out.print(
+            f"{verb} Subscription/{r.subscription_id} {r.criteria} status={r.status} -> {target}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+
+
+def status_line(entry: dict[str, Any]) -> str:
+    """One line per source from GET /sources: sync outcome and circuit breaker."""
+    circuit = entry.get("circuit") or {}
+    state = circuit.get("state", "?")
+    last_ok = {True: "ok", False: "FAILING", None: "not run yet"}.get(entry.get("last_ok"), "?")
+    line = f"{entry.get('name')}: last sync {last_ok}; circuit {state}"
+    if state != "closed":
+        line += (
+            f" ({circuit.get('consecutive_failures')} consecutive failures, last "
+            f"{circuit.get('last_failure')}; probe in {circuit.get('retry_in')} s)"
+        )
+    if entry.get("last_error"):
+        line += f"; last error: {entry['last_error']}"
+    return line
+
+
+@sources_app.command("status")
+def status_command(
+    api: Annotated[
+        str | None,
+        typer.Option(help="the running bridge's API base URL (default: from the settings)"),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="FHIR_BRIDGE_API_KEY", help="sent as X-API-Key if given"),
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Ask the running bridge how each source is doing: last sync and circuit breaker.
+
+    Exit status 1 when a source's last sync failed or its breaker is not closed.
+    """
+    out, err = Console(), Console(stderr=True)
+    if api is None:
+        try:
+            settings = load_settings(_config_path(config))
+        except ConfigError as exc:
+            err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        api = f"http://{settings.api.host}:{settings.api.port}"
+    headers = {"X-API-Key": api_key} if api_key else {}
+    try:
+        answer = httpx.get(f"{api.rstrip('/')}/sources", headers=headers, timeout=10.0)
+        answer.raise_for_status()
+        entries = answer.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        err.print(f"error: cannot read {api}/sources: {exc}", highlight=False, markup=False)
+        raise typer.Exit(2) from None
+    failing = False
+    for entry in entries:
+        out.print(status_line(entry), highlight=False, markup=False, soft_wrap=True)
+        circuit = entry.get("circuit") or {}
+        failing |= entry.get("last_ok") is False or circuit.get("state", "closed") != "closed"
+    if failing:
         raise typer.Exit(1)

@@ -143,6 +143,34 @@ class SmartAuth(_Strict):
 AuthConfig = Annotated[NoAuth | BearerAuth | BasicAuth | SmartAuth, Field(discriminator="type")]
 
 
+class CircuitBreakerConfig(_Strict):
+    """When to stop sending requests to a source that keeps failing, and when to try again."""
+
+    failure_threshold: int = Field(
+        default=5, ge=1, description="consecutive temporary failures that open the breaker"
+    )
+    reset_timeout: float = Field(
+        default=30.0, ge=0, description="seconds open before one probe request is let through"
+    )
+
+
+class SubscriptionConfig(_Strict):
+    """Rest-hook notifications from the source (polling keeps running as the safety net)."""
+
+    secret_env: str = Field(
+        min_length=1, description="env var holding the shared secret sent as X-Bridge-Secret"
+    )
+    endpoint_base: HttpUrl | None = Field(
+        default=None,
+        description="the bridge's public base URL; the Subscription endpoint is "
+        "{endpoint_base}/subscriptions/{source}",
+    )
+
+    def resolve_secret(self) -> str:
+        """The shared secret, read from the environment."""
+        return _secret(None, self.secret_env, "subscription secret")
+
+
 class SourceConfig(_Strict):
     """One FHIR server the bridge pulls from and writes back to."""
 
@@ -159,6 +187,20 @@ class SourceConfig(_Strict):
     max_connections: int = Field(default=5, ge=1, le=100)
     retry_attempts: int = Field(default=5, ge=1, le=20)
     retry_max_wait: float = Field(default=60.0, gt=0)
+    retry_max_total_wait: float = Field(
+        default=300.0, gt=0, description="cap on all retry waits of one request together"
+    )
+    rate_per_second: float | None = Field(
+        default=None, gt=0, description="token-bucket rate limit on requests; none: unlimited"
+    )
+    burst: int = Field(default=1, ge=1, description="requests allowed at once by the bucket")
+    circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
+    reconcile_interval: float = Field(
+        default=0.0,
+        ge=0,
+        description="seconds between id reconciliations that detect deletions; 0: off",
+    )
+    subscription: SubscriptionConfig | None = None
     writeback: bool = True
     profiles: tuple[str, ...] = Field(
         default=(),
@@ -193,6 +235,67 @@ class StorageConfig(_Strict):
         default="redis://127.0.0.1:6379/0", description="redis://, rediss:// (TLS) or unix://"
     )
     key_prefix: str = Field(default="fhir-bridge", pattern=r"^[A-Za-z0-9:_.-]{1,64}$")
+
+
+Role = Literal["coordinator", "integration-engineer", "admin"]
+
+
+class IssuerConfig(_Strict):
+    """A trusted token issuer: its `iss`, the audience tokens must name, and its keys."""
+
+    issuer: str = Field(min_length=1)
+    audience: str = Field(min_length=1)
+    jwks_file: Path | None = None
+    jwks_url: HttpUrl | None = None
+    roles_claim: str = Field(default="roles", description="claim holding the caller's roles")
+    queues_claim: str | None = Field(
+        default=None, description="claim listing the queues a coordinator may work (optional)"
+    )
+    algorithms: tuple[str, ...] = ("RS256", "RS384", "ES256", "ES384")
+
+    @model_validator(mode="after")
+    def _one_jwks(self) -> IssuerConfig:
+        _exactly_one(self.jwks_file, self.jwks_url, "'jwks_file' or 'jwks_url'")
+        return self
+
+
+class ApiKeyConfig(_Strict):
+    """A service account's API key, stored only as a salted hash (`fhir-bridge auth hash-key`)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,62}$")
+    hash: SecretStr = Field(
+        description="sha256$<hex> (generated keys) or pbkdf2_sha256$<rounds>$<salt>$<digest>"
+    )
+    roles: tuple[Role, ...] = Field(min_length=1)
+    queues: tuple[str, ...] | None = Field(
+        default=None, description="coordinators only: the queues this key may work; none: all"
+    )
+
+
+class AuthSettings(_Strict):
+    """Who may call the API. On by default: a deployment must configure it or turn it off."""
+
+    enabled: bool = True
+    issuers: tuple[IssuerConfig, ...] = ()
+    api_keys: tuple[ApiKeyConfig, ...] = ()
+    rate_limit_per_minute: int = Field(
+        default=600, ge=0, description="requests per minute per key or client address; 0: off"
+    )
+    max_body_bytes: int = Field(default=1_048_576, ge=1, description="larger bodies get 413")
+    cors_origins: tuple[str, ...] = Field(default=(), description="browser origins allowed")
+
+    def check_configured(self) -> None:
+        """Refuse an enabled configuration that nobody could ever pass.
+
+        :raises ConfigError: saying how to configure or disable authentication.
+        """
+        if self.enabled and not self.issuers and not self.api_keys:
+            raise ConfigError(
+                "auth is enabled but no issuers or api_keys are configured, so every request "
+                "would be refused: add an issuer (issuer, audience, jwks_file or jwks_url) or "
+                "an API key (`fhir-bridge auth hash-key`) under `auth:`, or set "
+                "`auth: {enabled: false}` for a local demo (FHIR_BRIDGE_AUTH__ENABLED=false)"
+            )
 
 
 class ApiConfig(_Strict):
@@ -231,6 +334,7 @@ class Settings(BaseSettings):
     sources: tuple[SourceConfig, ...] = ()
     storage: StorageConfig = StorageConfig()
     api: ApiConfig = ApiConfig()
+    auth: AuthSettings = AuthSettings()
     writeback: WritebackConfig = WritebackConfig()
     patients: PatientsConfig = PatientsConfig()
     mappings_dir: Path = Path("../mappings")
@@ -346,8 +450,15 @@ def load_settings(path: Path | str | None = None) -> Settings:
         else s
         for s in settings.sources
     )
+    issuers = tuple(
+        i.model_copy(update={"jwks_file": _resolve(i.jwks_file, base)})
+        if i.jwks_file is not None
+        else i
+        for i in settings.auth.issuers
+    )
     return settings.model_copy(
         update={
+            "auth": settings.auth.model_copy(update={"issuers": issuers}),
             "storage": storage,
             "sources": sources,
             "mappings_dir": _resolve(settings.mappings_dir, base),

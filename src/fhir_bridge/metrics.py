@@ -198,6 +198,14 @@ class BridgeMetrics:
             ["source"],
             registry=r,
         )
+        self.circuit_state = Gauge(
+            f"{PREFIX}_circuit_state",
+            "Circuit breaker of a source: 0 closed, 1 open (requests refused), 2 half-open",
+            ["source"],
+            registry=r,
+        )
+        for name in sources:
+            self.circuit_state.labels(name).set(0)
         self.rules_loaded = Gauge(
             f"{PREFIX}_mapping_rules_loaded", "Mapping rules in force", registry=r
         )
@@ -215,6 +223,11 @@ class BridgeMetrics:
     def retry(self, source: str, method: str, resource_type: str, status: int | None) -> None:
         """Count one retry of a FHIR request (status: the one that made us retry)."""
         self.fhir_retries.labels(source, method, resource_type, _status_label(status)).inc()
+
+    def observe_circuit(self, source: str, state: str) -> None:
+        """A source's circuit breaker changed state (closed, open or half_open)."""
+        values = {"closed": 0, "open": 1, "half_open": 2}
+        self.circuit_state.labels(source).set(values.get(state, 0))
 
     # -- sync -------------------------------------------------------------------------------
     def observe_page(

@@ -18,8 +18,9 @@ from fhir_bridge.fhir import FhirClient
 from fhir_bridge.logging import get_logger
 from fhir_bridge.mapping.engine import Problem, RuleSet, compile_folder
 from fhir_bridge.metrics import BridgeMetrics
-from fhir_bridge.sources import client_for
+from fhir_bridge.sources import client_for, guard_for
 from fhir_bridge.store import Store, open_store
+from fhir_bridge.sync.deletions import reconcile_source
 from fhir_bridge.sync.engine import Progress, SourceReport, new_job_id, sync_source
 from fhir_bridge.sync.ingest import Clock, Ingestor, ProfilePolicy, utcnow
 from fhir_bridge.tasks.model import TaskStatus
@@ -72,11 +73,17 @@ class Bridge:
             },
         )
         self.source_state = {s.name: SourceState() for s in settings.sources}
+        # Keyed by event loop too: the CLI runs several asyncio.run()s over one Bridge.
+        self._sync_locks: dict[tuple[int, str], asyncio.Lock] = {}
         # One registry per bridge (see fhir_bridge.metrics): tests never share a series.
         self.metrics = BridgeMetrics(
             self.store, clock, {s.name: list(s.resource_types) for s in settings.sources}
         )
         self.metrics.rules_loaded.set(len(self.rules.rules))
+        # Rate limit and circuit breaker per source, shared by all of the source's clients.
+        self.guards = {
+            s.name: guard_for(s, on_change=self.metrics.observe_circuit) for s in settings.sources
+        }
 
     def actions_for(self, rule_id: str, status: TaskStatus) -> tuple[dict[str, Any], ...]:
         """The `on_status` actions of a rule in force for a status (none for unknown rules)."""
@@ -143,9 +150,14 @@ class Bridge:
     async def _sync_with(
         self, source: SourceConfig, client: FhirClient, *, full: bool, progress: Progress | None
     ) -> SourceReport:
-        report = await sync_source(
-            source, client, self.ingestor, full=full, progress=progress, metrics=self.metrics
-        )
+        # One sync of a source at a time: the poll loop and a subscription-triggered sync
+        # would otherwise page the same searches twice and race on the cursor.
+        key = (id(asyncio.get_running_loop()), source.name)
+        lock = self._sync_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            report = await sync_source(
+                source, client, self.ingestor, full=full, progress=progress, metrics=self.metrics
+            )
         state = self.source_state[source.name]
         state.runs += 1
         state.last_run = self.clock().isoformat()
@@ -156,7 +168,7 @@ class Bridge:
 
     def client(self, source: SourceConfig) -> FhirClient:
         """An (unopened) FHIR client for `source` that reports to this bridge's metrics."""
-        return client_for(source, observer=self.metrics)
+        return client_for(source, observer=self.metrics, guard=self.guards[source.name])
 
     async def sync_once(
         self, *, full: bool = False, progress: Progress | None = None, only: str | None = None
@@ -196,6 +208,11 @@ class Bridge:
             if sync:
                 jobs += [self._poll(s, clients[s.name], stop) for s in self.settings.sources]
                 jobs += [self._watch_mappings(stop), self._sweep(stop)]
+                jobs += [
+                    self._reconcile(s, clients[s.name], stop)
+                    for s in self.settings.sources
+                    if s.reconcile_interval
+                ]
             if writeback:
                 wb_clients = {s.name: clients[s.name] for s in self.settings.sources if s.writeback}
                 delivery = Delivery(
@@ -203,6 +220,14 @@ class Bridge:
                 )
                 jobs.append(delivery.run(stop))
             await asyncio.gather(*jobs)
+
+    async def _reconcile(
+        self, source: SourceConfig, client: FhirClient, stop: asyncio.Event
+    ) -> None:
+        """Detect deletions on the source every `reconcile_interval` (see sync/deletions.py)."""
+        while not await _wait(stop, source.reconcile_interval):
+            with bound_contextvars(job_id=new_job_id(), job="reconcile"):
+                await reconcile_source(source, client, self.ingestor)
 
     async def _poll(self, source: SourceConfig, client: FhirClient, stop: asyncio.Event) -> None:
         while not stop.is_set():

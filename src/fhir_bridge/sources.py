@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import httpx
 
 from fhir_bridge import config
@@ -11,6 +13,7 @@ from fhir_bridge.fhir import FhirClient, RetryPolicy
 from fhir_bridge.fhir.auth import BasicAuth, SmartBackendAuth, bearer_auth
 from fhir_bridge.fhir.capabilities import CompatibilityReport, check_server
 from fhir_bridge.fhir.client import RequestObserver
+from fhir_bridge.fhir.limits import CircuitBreaker, CircuitState, SourceGuard, TokenBucket
 
 CHECK_RETRY = RetryPolicy(attempts=2, max_wait=5.0)  # a check should answer soon, not in minutes
 
@@ -45,28 +48,56 @@ def auth_for(
     return None
 
 
+def guard_for(
+    source: SourceConfig, *, on_change: Callable[[str, CircuitState], None] | None = None
+) -> SourceGuard:
+    """A fresh rate limit and circuit breaker for `source`, from its settings."""
+    settings = source.circuit_breaker
+    breaker = CircuitBreaker(
+        source.name,
+        failure_threshold=settings.failure_threshold,
+        reset_timeout=settings.reset_timeout,
+        on_change=on_change,
+    )
+    bucket = (
+        TokenBucket(source.rate_per_second, source.burst)
+        if source.rate_per_second is not None
+        else None
+    )
+    return SourceGuard(breaker=breaker, bucket=bucket)
+
+
 def client_for(
     source: SourceConfig,
     *,
     retry: RetryPolicy | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     observer: RequestObserver | None = None,
+    guard: SourceGuard | None = None,
 ) -> FhirClient:
     """An (unopened) FHIR client for `source`, with its auth, limits and retry policy.
 
     :param retry: overrides the policy from the settings (``sources check`` retries less).
     :param transport: replaces the network (FHIR and token calls), for tests.
     :param observer: told about every request and retry (the bridge's metrics).
+    :param guard: the source's shared rate limit and circuit breaker (none: unguarded).
     """
     return FhirClient(
         source.url,
         auth=auth_for(source, transport=transport),
         timeout=source.timeout,
         max_connections=source.max_connections,
-        retry=retry or RetryPolicy(attempts=source.retry_attempts, max_wait=source.retry_max_wait),
+        retry=retry
+        or RetryPolicy(
+            attempts=source.retry_attempts,
+            max_wait=source.retry_max_wait,
+            max_total_wait=source.retry_max_total_wait,
+        ),
         transport=transport,
         source=source.name,
         observer=observer,
+        limiter=guard.bucket if guard is not None else None,
+        breaker=guard.breaker if guard is not None else None,
     )
 
 

@@ -15,6 +15,7 @@ def sample_bridge(*names: str, store: Store | None = None, **settings: object) -
     sources = tuple(
         SourceConfig(name=name, base_url=f"http://127.0.0.1:9/{name}") for name in names
     )
+    settings.setdefault("auth", {"enabled": False})  # tests/api/test_authz.py turns it on
     config = Settings(
         sources=sources, mappings_dir=ROOT / "mappings", profiles_dir=ROOT / "profiles", **settings
     )

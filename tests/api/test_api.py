@@ -30,6 +30,7 @@ def bridge() -> Bridge:
     """A bridge whose store holds the whole sample, loaded as a first sync would at NOW."""
     source = SourceConfig(name="ehr", base_url="http://127.0.0.1:9/fhir")
     settings = Settings(
+        auth={"enabled": False},  # not about access control
         sources=(source,),
         mappings_dir=ROOT / "mappings",
         profiles_dir=ROOT / "profiles",

@@ -18,6 +18,7 @@ from tests.utils import NOW, ROOT
 def make_bridge(*names: str) -> Bridge:
     """A bridge with an empty in-memory store and one source per name."""
     settings = Settings(
+        auth={"enabled": False},  # not about access control
         sources=tuple(SourceConfig(name=n, base_url=f"http://127.0.0.1:9/{n}") for n in names),
         mappings_dir=ROOT / "mappings",
         profiles_dir=ROOT / "profiles",

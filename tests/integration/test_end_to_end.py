@@ -37,6 +37,7 @@ def active_tasks_per_rule(bridge: Bridge) -> dict[str, int]:
 def make_bridge(url: str, tmp_path: Path, **source: object) -> Bridge:
     """A bridge on a fresh SQLite file, syncing the SEKMET at `url`."""
     settings = Settings(
+        auth={"enabled": False},  # not about access control
         sources=(SourceConfig(name="sekmet", base_url=url, page_size=50, **source),),
         storage=StorageConfig(path=tmp_path / "bridge.db"),
         writeback=WritebackConfig(interval=0.1),

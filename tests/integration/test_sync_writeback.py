@@ -193,6 +193,7 @@ async def test_a_failing_source_is_reported_and_the_others_sync(sekmet_factory, 
     url = seeded_server(sekmet_factory)
     dead = f"http://127.0.0.1:{free_port()}/fhir"
     settings = Settings(
+        auth={"enabled": False},  # not about access control
         sources=(
             SourceConfig(name="good", base_url=url),
             SourceConfig(name="down", base_url=dead, retry_attempts=2, retry_max_wait=0.05),

@@ -29,6 +29,7 @@ async def test_history_across_two_servers(sekmet_factory, tmp_path: Path):
     resp = httpx.put(f"{clinic}/Patient/{patient['id']}", json=changed, timeout=30)
     assert resp.status_code in (200, 201), resp.text
     settings = Settings(
+        auth={"enabled": False},  # not about access control
         sources=(
             SourceConfig(name="ehr", base_url=ehr, page_size=100),
             SourceConfig(name="clinic", base_url=clinic, page_size=100),

@@ -11,7 +11,13 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from fhir_bridge.errors import TaskConflict, TaskNotFound
-from fhir_bridge.store.base import DueCounts, QuarantineEntry, TaskCursor
+from fhir_bridge.store.base import (
+    AuditFilter,
+    AuditRecord,
+    DueCounts,
+    QuarantineEntry,
+    TaskCursor,
+)
 from fhir_bridge.tasks.model import (
     MIRROR_ACTION,
     OutboxDraft,
@@ -184,6 +190,26 @@ def test_resources_for_patient_follows_a_changed_subject(engine_store):
     assert engine_store.resources_for_patient(SOURCE, "Patient/p1") == []
     (moved,) = engine_store.resources_for_patient(SOURCE, "Patient/p2")
     assert (moved.id, moved.content_hash) == ("c1", "h2")
+
+
+def test_delete_resource_forgets_it_everywhere(engine_store):
+    """A deleted resource is gone from get, counts, the patient list and iteration; deleting
+    it again (or something never stored) reports False; a later put stores it anew."""
+    engine_store.put_resource(SOURCE, resource("CarePlan", "c1"), "h1")
+    engine_store.put_resource(SOURCE, resource("CarePlan", "c2"), "h2")
+    engine_store.put_resource("other-ehr", resource("CarePlan", "c1"), "h1")
+    assert engine_store.delete_resource(SOURCE, "CarePlan", "c1") is True
+    assert engine_store.get_resource(SOURCE, "CarePlan", "c1") is None
+    assert engine_store.get_resource("other-ehr", "CarePlan", "c1") is not None
+    assert engine_store.resource_counts(SOURCE) == {"CarePlan": 1}
+    assert [r.id for r in engine_store.resources_for_patient(SOURCE, "Patient/p1")] == ["c2"]
+    assert [r.id for r in engine_store.iter_resources("CarePlan", SOURCE)] == ["c2"]
+    assert engine_store.delete_resource(SOURCE, "CarePlan", "c1") is False
+    assert engine_store.delete_resource(SOURCE, "Coverage", "x") is False
+    assert engine_store.delete_resource(SOURCE, "CarePlan", "c2") is True
+    assert engine_store.resource_counts(SOURCE) == {}
+    assert engine_store.put_resource(SOURCE, resource("CarePlan", "c1"), "h1") is True
+    assert engine_store.resource_counts(SOURCE) == {"CarePlan": 1}
 
 
 def test_iter_resources_pages_through_every_resource(engine_store):
@@ -960,3 +986,74 @@ def test_task_cursor_round_trips_and_refuses_garbage():
     for bad in ("", "!!", "bm90IGpzb24", TaskCursor(Priority.URGENT, NOW, "a").encode()[:-3]):
         with pytest.raises(ValueError):
             TaskCursor.decode(bad)
+
+
+# -- audit trail -------------------------------------------------------------------------------
+
+
+def audit(n: int, **changes) -> AuditRecord:
+    """An audit record `n` seconds after NOW: dana read patient p1's history from 10.0.0.1."""
+    fields = {
+        "recorded": NOW + timedelta(seconds=n),
+        "subtype": "patient-history",
+        "action": "R",
+        "outcome": "0",
+        "agent": "dana",
+        "roles": ("coordinator",),
+        "address": "10.0.0.1",
+        "patient": "Patient/p1",
+        "source": SOURCE,
+        "status_code": 200,
+    }
+    return AuditRecord(**(fields | changes))
+
+
+def test_audit_add_and_list_newest_first(engine_store):
+    """Records come back whole, newest first, with increasing ids the store gave them."""
+    first = engine_store.add_audit(audit(0))
+    second = engine_store.add_audit(audit(1, subtype="task-claim", action="U", task_id="t1"))
+    assert second > first
+    records, cursor = engine_store.list_audit()
+    assert cursor is None
+    assert [r.id for r in records] == [second, first]
+    assert records[0] == dataclasses.replace(
+        audit(1, subtype="task-claim", action="U", task_id="t1"), id=second
+    )
+    assert records[1].roles == ("coordinator",)
+    assert records[1].recorded == NOW
+
+
+def test_audit_filters(engine_store):
+    """agent, patient, task and time filters each keep exactly the matching records."""
+    engine_store.add_audit(audit(0))
+    engine_store.add_audit(audit(1, agent="eli", patient="Patient/p2"))
+    engine_store.add_audit(audit(2, task_id="t9", subtype="task-status", action="U"))
+    engine_store.add_audit(audit(3, agent="eli"))
+
+    def subjects(**filters) -> list[tuple[str, str | None, int]]:
+        records, _ = engine_store.list_audit(AuditFilter(**filters))
+        return [(r.agent, r.patient, (r.recorded - NOW).seconds) for r in records]
+
+    assert subjects(agent="eli") == [("eli", "Patient/p1", 3), ("eli", "Patient/p2", 1)]
+    assert subjects(patient="Patient/p2") == [("eli", "Patient/p2", 1)]
+    assert subjects(task_id="t9") == [("dana", "Patient/p1", 2)]
+    assert subjects(agent="eli", patient="Patient/p1") == [("eli", "Patient/p1", 3)]
+    window = subjects(since=NOW + timedelta(seconds=1), until=NOW + timedelta(seconds=3))
+    assert [s[2] for s in window] == [2, 1]
+    assert subjects(agent="nobody") == []
+
+
+def test_audit_pages_with_cursor(engine_store):
+    """A cursor resumes below the last record of the page; the last page has no cursor."""
+    ids = [engine_store.add_audit(audit(n, agent="eli" if n % 2 else "dana")) for n in range(5)]
+    page, cursor = engine_store.list_audit(limit=2)
+    assert [r.id for r in page] == [ids[4], ids[3]]
+    page2, cursor2 = engine_store.list_audit(limit=2, cursor=cursor)
+    assert [r.id for r in page2] == [ids[2], ids[1]]
+    page3, cursor3 = engine_store.list_audit(limit=2, cursor=cursor2)
+    assert ([r.id for r in page3], cursor3) == ([ids[0]], None)
+    eli, more = engine_store.list_audit(AuditFilter(agent="eli"), limit=1)
+    assert [r.id for r in eli] == [ids[3]]
+    assert [r.id for r in engine_store.list_audit(AuditFilter(agent="eli"), cursor=more)[0]] == [
+        ids[1]
+    ]

@@ -23,6 +23,7 @@ from tests.store.conftest import REDIS_URL
 from tests.store.test_conformance import (
     PATIENT,
     SOURCE,
+    audit,
     claim_by,
     draft,
     mirror_change,
@@ -200,6 +201,7 @@ def test_endless_conflicts_give_up_with_store_error(redis_stores):
 CALLS: dict[str, Callable[[Store], object]] = {
     "put_resource": lambda s: s.put_resource(SOURCE, PATIENT, "h1"),
     "get_resource": lambda s: s.get_resource(SOURCE, "Patient", "p1"),
+    "delete_resource": lambda s: s.delete_resource(SOURCE, "Patient", "p1"),
     "resources_for_patient": lambda s: s.resources_for_patient(SOURCE, "Patient/p1"),
     "iter_resources": lambda s: list(s.iter_resources("Patient")),
     "resource_counts": lambda s: s.resource_counts(),
@@ -207,6 +209,8 @@ CALLS: dict[str, Callable[[Store], object]] = {
     "set_cursor": lambda s: s.set_cursor(SOURCE, "Patient", "x"),
     "add_quarantine": lambda s: s.add_quarantine(quarantine("a1")),
     "list_quarantine": lambda s: s.list_quarantine(),
+    "add_audit": lambda s: s.add_audit(audit(0)),
+    "list_audit": lambda s: s.list_audit(),
     "release_quarantine": lambda s: s.release_quarantine(SOURCE, "Appointment", "a1"),
     "upsert_task": lambda s: s.upsert_task(draft(), NOW),
     "get_task": lambda s: s.get_task("0" * 20),

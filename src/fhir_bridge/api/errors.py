@@ -5,6 +5,8 @@ Validation errors never echo the submitted value (it may be a note about a patie
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -14,9 +16,25 @@ from fhir_bridge.api.schemas import ErrorBody
 from fhir_bridge.errors import IllegalTransition, QueueError, TaskConflict, TaskNotFound
 
 
-def _answer(status: int, error: str, message: str, **details: object) -> JSONResponse:
+def _answer(
+    status: int,
+    error: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    **details: object,
+) -> JSONResponse:
     body = ErrorBody(error=error, message=message, details=dict(details))
-    return JSONResponse(status_code=status, content=body.model_dump(mode="json"))
+    return JSONResponse(
+        status_code=status, content=body.model_dump(mode="json"), headers=dict(headers or {})
+    )
+
+
+_CODES = {
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+}
 
 
 def install(app: FastAPI) -> None:
@@ -50,5 +68,5 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _answer(exc.status_code, code, str(exc.detail))
+        code = _CODES.get(exc.status_code, "http_error")
+        return _answer(exc.status_code, code, str(exc.detail), headers=exc.headers)

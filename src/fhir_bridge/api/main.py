@@ -4,22 +4,47 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from fhir_bridge.api import errors
-from fhir_bridge.api.middleware import RequestContextMiddleware
-from fhir_bridge.api.routes import health, ops, outbox, patients, queues, tasks
+from fhir_bridge.api.access import guard
+from fhir_bridge.api.audit import AuditMiddleware
+from fhir_bridge.api.auth import API_KEY_HEADER, Authenticator
+from fhir_bridge.api.middleware import REQUEST_ID_HEADER, RequestContextMiddleware
+from fhir_bridge.api.routes import (
+    audit,
+    health,
+    ops,
+    outbox,
+    patients,
+    queues,
+    subscriptions,
+    tasks,
+)
+from fhir_bridge.api.security import (
+    BodyLimitMiddleware,
+    RateLimitMiddleware,
+    SecurityHeadersMiddleware,
+    TokenBucket,
+)
 from fhir_bridge.runtime import Bridge
 
 
 def create_app(bridge: Bridge) -> FastAPI:
-    """A FastAPI app serving `bridge`'s queues, tasks and operator views."""
+    """A FastAPI app serving `bridge`'s queues, tasks and operator views.
+
+    :raises ConfigError: auth is enabled but neither issuers nor API keys are configured.
+    """
+    auth = bridge.settings.auth
     app = FastAPI(
         title="fhir_bridge",
         summary="Coordinator queues built from FHIR servers, written back as FHIR",
         version="0.1.0",
+        dependencies=[Depends(guard)],  # the role table, queues and audit intents (access.py)
     )
     app.state.bridge = bridge
+    app.state.auth = Authenticator(auth)
     errors.install(app)
     app.include_router(queues.router)
     app.include_router(tasks.router)
@@ -27,6 +52,22 @@ def create_app(bridge: Bridge) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(outbox.router)
     app.include_router(health.router)
+    app.include_router(subscriptions.router)
+    app.include_router(audit.router)
+    # Innermost first: audit sees the final status; the request context wraps everything.
+    app.add_middleware(AuditMiddleware, bridge=bridge)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=auth.max_body_bytes)
+    if auth.rate_limit_per_minute:
+        app.add_middleware(RateLimitMiddleware, bucket=TokenBucket(auth.rate_limit_per_minute))
+    if auth.cors_origins:  # closed unless configured: no CORS headers, browsers refuse
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(auth.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", API_KEY_HEADER, "Content-Type", "If-Match"],
+            expose_headers=["ETag", REQUEST_ID_HEADER],
+        )
+    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(RequestContextMiddleware, metrics=bridge.metrics)
 
     @app.get("/", include_in_schema=False)
@@ -41,6 +82,7 @@ def create_app(bridge: Bridge) -> FastAPI:
             "health": "/healthz",
             "ready": "/readyz",
             "metrics": "/metrics",
+            "audit": "/audit",
             "docs": "/docs",
         }
 

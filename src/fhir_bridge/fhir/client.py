@@ -17,7 +17,8 @@ from typing import Any, Protocol
 
 import httpx
 import structlog
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity.stop import stop_base
 
 from fhir_bridge.errors import (
     FatalFhirError,
@@ -27,6 +28,7 @@ from fhir_bridge.errors import (
     ResourceNotFound,
     TemporaryFhirError,
 )
+from fhir_bridge.fhir.limits import CircuitBreaker, CircuitOpenError, TokenBucket
 
 log = structlog.get_logger(__name__)
 
@@ -62,11 +64,12 @@ class RetryPolicy:
     attempts: int = 5  # total tries, the first included
     max_wait: float = 60.0  # cap on one wait in seconds; also caps the server's Retry-After
     initial_wait: float = 0.5  # first backoff when the server gives no Retry-After
+    max_total_wait: float = 300.0  # cap on all waits of one request together
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
             raise ValueError("RetryPolicy.attempts must be at least 1")
-        if self.max_wait < 0 or self.initial_wait < 0:
+        if self.max_wait < 0 or self.initial_wait < 0 or self.max_total_wait < 0:
             raise ValueError("RetryPolicy waits must not be negative")
 
 
@@ -136,6 +139,8 @@ class FhirClient:
     :param sleep: awaited between retries; tests pass a recorder.
     :param max_pages: a search that has more pages fails with ``MalformedResponse``.
     :param observer: told about every attempt and retry (metrics); ``None`` for none.
+    :param limiter: a token bucket every attempt waits on (the source's rate limit).
+    :param breaker: the source's circuit breaker; told the outcome of every attempt.
     """
 
     def __init__(
@@ -151,6 +156,8 @@ class FhirClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         max_pages: int = DEFAULT_MAX_PAGES,
         observer: RequestObserver | None = None,
+        limiter: TokenBucket | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self._base = httpx.URL(base_url.rstrip("/") + "/")
         if self._base.scheme not in _DEFAULT_PORTS or not self._base.host or self._base.query:
@@ -166,6 +173,8 @@ class FhirClient:
         self._sleep = sleep
         self._max_pages = max_pages
         self._observer = observer
+        self._limiter = limiter
+        self._breaker = breaker
         self._http: httpx.AsyncClient | None = None
 
     async def __aenter__(self) -> FhirClient:
@@ -345,8 +354,8 @@ class FhirClient:
     ) -> httpx.Response:
         client = self._client()
         retrying = AsyncRetrying(
-            retry=retry_if_exception_type(TemporaryFhirError),
-            stop=stop_after_attempt(self._retry.attempts),
+            retry=retry_if_exception(_worth_retrying),
+            stop=stop_after_attempt(self._retry.attempts) | _StopAfterTotalWait(self._retry),
             wait=lambda state: _retry_wait(self._retry, state),
             sleep=self._sleep,
             before_sleep=lambda state: self._log_retry(call, state),
@@ -366,17 +375,36 @@ class FhirClient:
         headers: dict[str, str] | None,
         content: bytes | None,
     ) -> httpx.Response:
-        started = time.perf_counter()
+        breaker = self._breaker
+        if breaker is not None:
+            breaker.before_request(call.describe(self._source))
+        outcome: str | None = None  # the breaker's verdict: "ok", or the temporary failure
         try:
-            response = await client.request(
-                call.method, url, params=params, headers=headers, content=content
-            )
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            self._log_request(call, None, started, error=type(exc).__name__)
-            raise _transport_error(exc, call, self._source, self._path(url)) from exc
-        self._log_request(call, response.status_code, started)
-        _raise_for_status(response, call, self._source)
-        return response
+            if self._limiter is not None:
+                await self._limiter.acquire()
+            started = time.perf_counter()
+            try:
+                response = await client.request(
+                    call.method, url, params=params, headers=headers, content=content
+                )
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
+                self._log_request(call, None, started, error=type(exc).__name__)
+                error = _transport_error(exc, call, self._source, self._path(url))
+                outcome = type(exc).__name__ if isinstance(error, TemporaryFhirError) else "ok"
+                raise error from exc
+            self._log_request(call, response.status_code, started)
+            temporary = response.status_code in _TEMPORARY_STATUSES
+            outcome = f"HTTP {response.status_code}" if temporary else "ok"
+            _raise_for_status(response, call, self._source)
+            return response
+        finally:
+            if breaker is not None:
+                if outcome == "ok":
+                    breaker.record_success()
+                elif outcome is not None:
+                    breaker.record_failure(outcome)
+                else:
+                    breaker.abandon_probe()  # cancelled before any answer: no verdict
 
     def _log_request(
         self, call: _Call, status: int | None, started: float, error: str | None = None
@@ -411,14 +439,31 @@ class FhirClient:
             self._observer.retry(self._source, call.method, call.resource_type, status)
 
 
+def _worth_retrying(exc: BaseException) -> bool:
+    """Temporary failures are retried; a request an open breaker refused is not."""
+    return isinstance(exc, TemporaryFhirError) and not isinstance(exc, CircuitOpenError)
+
+
+class _StopAfterTotalWait(stop_base):
+    """Stop once the waits of one request add up to the policy's ``max_total_wait``."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self._policy = policy
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return retry_state.idle_for >= self._policy.max_total_wait
+
+
 def _retry_wait(policy: RetryPolicy, state: RetryCallState) -> float:
-    """Seconds to sleep before the next try: the server's Retry-After, else backoff + jitter."""
+    """Seconds to sleep before the next try: the server's Retry-After, else backoff + jitter;
+    never more than what is left of ``max_total_wait``."""
+    left = max(0.0, policy.max_total_wait - state.idle_for)
     exc = state.outcome.exception() if state.outcome else None
     if isinstance(exc, FhirRequestError) and exc.retry_after is not None:
-        return min(exc.retry_after, policy.max_wait)
+        return min(exc.retry_after, policy.max_wait, left)
     backoff = policy.initial_wait * 2.0 ** min(state.attempt_number - 1, 30)
     jitter = random.uniform(0, policy.initial_wait)  # noqa: S311 - spreading load, not crypto
-    return min(backoff + jitter, policy.max_wait)
+    return min(backoff + jitter, policy.max_wait, left)
 
 
 def _raise_for_status(response: httpx.Response, call: _Call, source: str) -> None:
@@ -439,9 +484,22 @@ def _raise_for_status(response: httpx.Response, call: _Call, source: str) -> Non
         f"{call.describe(source)}: HTTP {status}",
         status=status,
         outcome=_outcome_text(response),
-        retry_after=_parse_retry_after(response.headers.get("Retry-After")),
+        retry_after=_retry_after(response.headers),
         url=response.request.url.path,
     )
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    """The server's wish: ``x-ms-retry-after-ms`` (Azure, milliseconds) else ``Retry-After``."""
+    millis = headers.get("x-ms-retry-after-ms")
+    if millis is not None:
+        try:
+            value = float(millis.strip())
+        except ValueError:
+            value = -1.0
+        if 0 <= value < float("inf"):
+            return value / 1000.0
+    return _parse_retry_after(headers.get("Retry-After"))
 
 
 def _transport_error(

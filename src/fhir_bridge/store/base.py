@@ -155,6 +155,82 @@ class TaskFilter:
 
 
 @dataclass(frozen=True)
+class AuditRecord:
+    """One read of patient data or change to a task, shaped like a FHIR AuditEvent.
+
+    Holds references and ids only: never a name, a note or a resource body.
+    """
+
+    recorded: datetime
+    subtype: str  # what was done: "patient-history", "task-claim", "task-status", ...
+    action: str  # AuditEvent.action: C (create), R (read), U (update), D, E (execute)
+    outcome: str  # AuditEvent.outcome: 0 success, 4 minor failure (4xx), 8 serious (5xx)
+    agent: str  # who: the principal's subject or API key name
+    roles: tuple[str, ...] = ()
+    address: str | None = None  # where from: the client's network address
+    patient: str | None = None  # Patient/<id>
+    source: str | None = None  # the source the patient reference belongs to
+    task_id: str | None = None
+    status_code: int | None = None
+    id: int | None = None  # given by the store
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as plain JSON values (without its id)."""
+        return {
+            "recorded": self.recorded.astimezone(UTC).isoformat(),
+            "subtype": self.subtype,
+            "action": self.action,
+            "outcome": self.outcome,
+            "agent": self.agent,
+            "roles": list(self.roles),
+            "address": self.address,
+            "patient": self.patient,
+            "source": self.source,
+            "task_id": self.task_id,
+            "status_code": self.status_code,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], record_id: int) -> AuditRecord:
+        """The record `to_json` wrote, with the id the store gave it."""
+        return cls(
+            recorded=datetime.fromisoformat(data["recorded"]),
+            subtype=data["subtype"],
+            action=data["action"],
+            outcome=data["outcome"],
+            agent=data["agent"],
+            roles=tuple(data["roles"]),
+            address=data["address"],
+            patient=data["patient"],
+            source=data["source"],
+            task_id=data["task_id"],
+            status_code=data["status_code"],
+            id=record_id,
+        )
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    """Which audit records to list; every given part must match."""
+
+    agent: str | None = None
+    patient: str | None = None
+    task_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def matches(self, record: AuditRecord) -> bool:
+        """True when `record` passes every given part (`until` is exclusive)."""
+        return (
+            (self.agent is None or record.agent == self.agent)
+            and (self.patient is None or record.patient == self.patient)
+            and (self.task_id is None or record.task_id == self.task_id)
+            and (self.since is None or record.recorded >= self.since)
+            and (self.until is None or record.recorded < self.until)
+        )
+
+
+@dataclass(frozen=True)
 class DueCounts:
     """Active tasks of one queue by deadline: past due, and still due before the day ends."""
 
@@ -191,6 +267,13 @@ class Store(abc.ABC):
         self, source: str, resource_type: str, resource_id: str
     ) -> StoredResource | None:
         """The stored latest version, or None."""
+
+    @abc.abstractmethod
+    def delete_resource(self, source: str, resource_type: str, resource_id: str) -> bool:
+        """Forget a resource that was deleted on its server (the caller closes its tasks).
+
+        :returns: False when it was not stored.
+        """
 
     @abc.abstractmethod
     def resources_for_patient(
@@ -353,6 +436,18 @@ class Store(abc.ABC):
 
         :returns: False when there is no such entry or it is delivered or already discarded.
         """
+
+    # -- audit trail -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def add_audit(self, record: AuditRecord) -> int:
+        """Append an audit record (never changed afterwards); its id, increasing."""
+
+    @abc.abstractmethod
+    def list_audit(
+        self, filters: AuditFilter | None = None, limit: int = 100, cursor: int | None = None
+    ) -> tuple[list[AuditRecord], int | None]:
+        """Matching records newest first, only those with an id below `cursor` when given;
+        with the cursor of the next page (None on the last page)."""
 
     def iter_tasks(self, **filters: Any) -> Iterator[Task]:
         """Every task matching `filters` (as `list_tasks`), page by page."""

@@ -49,6 +49,10 @@ keys collide):
     T:outbox:pending:<task id>          list    pending entry ids of one task, oldest first
     T:outbox:due                        zset    the head of every pending list,
                                                 score = next_attempt_at in µs
+    T:audit:seq                         string  last audit record id (INCR)
+    T:audit                             hash    id -> record (JSON)
+    T:audit:all                         zset    record ids, score = id
+    T:audit:by:<agent|patient|task>:<v> zset    record ids of one agent/patient/task, score = id
     T:tmp:<token>                       zset    scratch for list_tasks, never outlives a MULTI
     T:lease:<name>                      string  "<token>:<owner>", expires (PX): a worker lease
     T:lease-seq                         string  the fencing token counter (INCR)
@@ -184,6 +188,23 @@ class Keys:
     def queues(self) -> str:
         """Queue names that have (or had) tasks."""
         return self._key("queues")
+
+    # -- audit trail -------------------------------------------------------------------------
+    @property
+    def audit_seq(self) -> str:
+        """The audit record id counter."""
+        return self._key("audit", "seq")
+
+    @property
+    def audit(self) -> str:
+        """Every audit record, by id."""
+        return self._key("audit")
+
+    def audit_index(self, field: str | None = None, value: str | None = None) -> str:
+        """Record ids (score = id): all of them, or those of one agent, patient or task."""
+        if field is None or value is None:
+            return self._key("audit", "all")
+        return self._key("audit", "by", field, value)
 
     # -- outbox ------------------------------------------------------------------------------
     @property

@@ -40,6 +40,8 @@ from redis.exceptions import WatchError
 from fhir_bridge.errors import StoreError, TaskNotFound
 from fhir_bridge.patients.refs import patient_reference
 from fhir_bridge.store.base import (
+    AuditFilter,
+    AuditRecord,
     Lease,
     QuarantineEntry,
     Store,
@@ -78,6 +80,14 @@ def _watch(pipe: Pipeline, *keys: str) -> None:
 
 def _hset(pipe: Pipeline, key: str, fields: Mapping[str, str]) -> None:
     pipe.hset(key, mapping=cast(Mapping[Any, Any], fields))
+
+
+def _audit_indexed(
+    agent: str | None, patient: str | None, task_id: str | None
+) -> list[tuple[str, str]]:
+    """The (index, value) pairs an audit record is filed under, narrowest first."""
+    pairs = (("patient", patient), ("task", task_id), ("agent", agent))
+    return [(field, value) for field, value in pairs if value is not None]
 
 
 def _translate(method: Callable[_P, _R]) -> Callable[_P, _R]:
@@ -373,6 +383,28 @@ class RedisStore(Store):
         return self._atomic(body, key)
 
     @_translate
+    def delete_resource(self, source: str, resource_type: str, resource_id: str) -> bool:
+        k = self.keys
+        key, member = (
+            k.resource(source, resource_type, resource_id),
+            f"{resource_type}/{resource_id}",
+        )
+
+        def body(pipe: Pipeline) -> Finish[bool]:
+            old_hash, old_patient = cast(list[str | None], pipe.hmget(key, ["hash", "patient"]))
+            if old_hash is None:
+                return lambda _: False
+            pipe.multi()
+            pipe.hincrby(k.resource_counts(source), resource_type, -1)
+            pipe.zrem(k.resource_ids(source, resource_type), resource_id)
+            if old_patient is not None:
+                pipe.zrem(k.resource_patient(source, old_patient), member)
+            pipe.delete(key)
+            return lambda _: True
+
+        return self._atomic(body, key)
+
+    @_translate
     def get_resource(
         self, source: str, resource_type: str, resource_id: str
     ) -> StoredResource | None:
@@ -446,7 +478,7 @@ class RedisStore(Store):
                 for per_type in replies:
                     for rtype, n in per_type.items():
                         counts[rtype] = counts.get(rtype, 0) + int(n)
-                return counts
+                return {rtype: n for rtype, n in counts.items() if n}  # deletions leave zeros
 
             return finish
 
@@ -467,6 +499,47 @@ class RedisStore(Store):
             self._redis.hset(key, mapping={"value": value, "updated_at": cast(str, now)})
 
     # -- quarantine --------------------------------------------------------------------------
+    # -- audit trail -------------------------------------------------------------------------
+    @_translate
+    def add_audit(self, record: AuditRecord) -> int:
+        k = self.keys
+        record_id = int(self._redis.incr(k.audit_seq))
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(k.audit, str(record_id), json.dumps(record.to_json()))
+            pipe.zadd(k.audit_index(), {str(record_id): record_id})
+            for field, value in _audit_indexed(record.agent, record.patient, record.task_id):
+                pipe.zadd(k.audit_index(field, value), {str(record_id): record_id})
+            pipe.execute()
+        return record_id
+
+    @_translate
+    def list_audit(
+        self, filters: AuditFilter | None = None, limit: int = 100, cursor: int | None = None
+    ) -> tuple[list[AuditRecord], int | None]:
+        f = filters or AuditFilter()
+        # Walk the narrowest index newest first; the other parts are checked on each record.
+        field, value = next(iter(_audit_indexed(f.agent, f.patient, f.task_id)), (None, None))
+        index = self.keys.audit_index(field, value)
+        top: str = f"({cursor}" if cursor is not None else "+inf"
+        found: list[AuditRecord] = []
+        chunk = max(limit + 1, 100)
+        while len(found) <= limit:
+            ids = cast(
+                list[str], self._redis.zrevrangebyscore(index, top, "-inf", start=0, num=chunk)
+            )
+            if not ids:
+                break
+            bodies = cast(list[str | None], self._redis.hmget(self.keys.audit, ids))
+            for record_id, body in zip(ids, bodies, strict=True):
+                if body is None:
+                    continue
+                record = AuditRecord.from_json(json.loads(body), int(record_id))
+                if f.matches(record):
+                    found.append(record)
+            top = f"({ids[-1]}"
+        records = found[:limit]
+        return records, records[-1].id if len(found) > limit and records else None
+
     @_translate
     def add_quarantine(self, entry: QuarantineEntry) -> None:
         # Entries without an id are keyed by their content, so none overwrites another.

@@ -22,6 +22,8 @@ from typing import Any
 from fhir_bridge.errors import StoreError, TaskNotFound
 from fhir_bridge.patients.refs import patient_reference
 from fhir_bridge.store.base import (
+    AuditFilter,
+    AuditRecord,
     DueCounts,
     Lease,
     QuarantineEntry,
@@ -91,6 +93,13 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (status, task_id, id);
 CREATE TABLE IF NOT EXISTS outbox_detail (id INTEGER PRIMARY KEY, detail TEXT NOT NULL);
+-- Append-only audit trail (added without a schema bump: a new table older files lack).
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, recorded TEXT NOT NULL, agent TEXT NOT NULL,
+    patient TEXT, task_id TEXT, body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_patient ON audit (patient, id);
+CREATE INDEX IF NOT EXISTS audit_agent ON audit (agent, id);
 """
 
 _PRIORITY_RANK = {Priority.ROUTINE: 0, Priority.URGENT: 1, Priority.ASAP: 2, Priority.STAT: 3}
@@ -334,6 +343,17 @@ class SqliteStore(Store):
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite write failed: {exc}") from exc
 
+    def delete_resource(self, source: str, resource_type: str, resource_id: str) -> bool:
+        try:
+            with self._tx() as db:
+                cursor = db.execute(
+                    "DELETE FROM resources WHERE source=? AND type=? AND id=?",
+                    (source, resource_type, resource_id),
+                )
+                return cursor.rowcount > 0
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite write failed: {exc}") from exc
+
     def get_resource(
         self, source: str, resource_type: str, resource_id: str
     ) -> StoredResource | None:
@@ -448,6 +468,52 @@ class SqliteStore(Store):
             "DELETE FROM quarantine WHERE source=? AND type=? AND id=?",
             (source, resource_type, resource_id),
         )
+
+    # -- audit trail -------------------------------------------------------------------------
+    def add_audit(self, record: AuditRecord) -> int:
+        try:
+            with self._tx() as db:
+                cur = db.execute(
+                    "INSERT INTO audit (recorded, agent, patient, task_id, body) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (
+                        _ts(record.recorded),
+                        record.agent,
+                        record.patient,
+                        record.task_id,
+                        json.dumps(record.to_json()),
+                    ),
+                )
+                return int(cur.lastrowid or 0)
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite write failed: {exc}") from exc
+
+    def list_audit(
+        self, filters: AuditFilter | None = None, limit: int = 100, cursor: int | None = None
+    ) -> tuple[list[AuditRecord], int | None]:
+        f = filters or AuditFilter()
+        where: list[str] = ["1=1"]
+        params: list[Any] = []
+        for column, value in (("agent", f.agent), ("patient", f.patient), ("task_id", f.task_id)):
+            if value is not None:
+                where.append(f"{column}=?")
+                params.append(value)
+        if f.since is not None:
+            where.append("recorded>=?")
+            params.append(_ts(f.since))
+        if f.until is not None:
+            where.append("recorded<?")
+            params.append(_ts(f.until))
+        if cursor is not None:
+            where.append("id<?")
+            params.append(cursor)
+        rows = self._read(
+            f"SELECT id, body FROM audit WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",  # noqa: S608
+            [*params, limit + 1],
+        )
+        records = [AuditRecord.from_json(json.loads(r["body"]), r["id"]) for r in rows[:limit]]
+        more = len(rows) > limit and records
+        return records, records[-1].id if more else None
 
     # -- tasks -------------------------------------------------------------------------------
     def _task_row(self, db: sqlite3.Connection, task_id: str) -> Task | None:

@@ -14,7 +14,7 @@ router = APIRouter(tags=["operations"])
 
 @router.get("/sources", summary="Configured sources and their last sync")
 def sources(bridge: BridgeDep) -> list[dict[str, Any]]:
-    """Each source's URL, resource types, cursors and last sync outcome."""
+    """Each source's URL, resource types, cursors, last sync outcome and circuit breaker."""
     out = []
     for src in bridge.settings.sources:
         state = bridge.source_state[src.name]
@@ -28,6 +28,7 @@ def sources(bridge: BridgeDep) -> list[dict[str, Any]]:
                 "last_run": state.last_run,
                 "last_ok": state.last_ok,
                 "last_error": state.last_error,
+                "circuit": bridge.guards[src.name].breaker.snapshot(),
             }
         )
     return out

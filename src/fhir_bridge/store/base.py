@@ -327,7 +327,6 @@ class Store(abc.ABC):
     def get_task(self, task_id: str) -> Task | None:
         """One task, or None."""
 
-    @abc.abstractmethod
     def list_tasks(
         self,
         *,
@@ -350,6 +349,24 @@ class Store(abc.ABC):
         in that order (keyset paging; `offset` then skips from there); `total` always counts
         every match, whatever the cursor.
         """
+        filters = TaskFilter(
+            queue=queue,
+            statuses=tuple(statuses),
+            rule_id=rule_id,
+            kind=kind,
+            assignee=assignee,
+            patient=patient,
+            label=label,
+            due_after=due_after,
+            due_before=due_before,
+        )
+        return self._list_tasks(filters, limit, offset, after)
+
+    @abc.abstractmethod
+    def _list_tasks(
+        self, f: TaskFilter, limit: int, offset: int, after: TaskCursor | None
+    ) -> TaskPage:
+        """`list_tasks` for the engine, with the filters gathered in one value."""
 
     @abc.abstractmethod
     def queue_counts(self) -> dict[str, dict[str, int]]:

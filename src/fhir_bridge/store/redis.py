@@ -700,22 +700,17 @@ class RedisStore(Store):
         return int(replies[setup]), members
 
     @_translate
-    def list_tasks(
-        self,
-        *,
-        queue: str | None = None,
-        statuses: Sequence[TaskStatus] = (),
-        rule_id: str | None = None,
-        limit: int = 50,
-        offset: int = 0,
-        kind: str | None = None,
-        assignee: str | None = None,
-        patient: str | None = None,
-        label: str | None = None,
-        due_after: datetime | None = None,
-        due_before: datetime | None = None,
-        after: TaskCursor | None = None,
+    def _list_tasks(
+        self, f: TaskFilter, limit: int, offset: int, after: TaskCursor | None
     ) -> TaskPage:
+        queue, statuses, rule_id, kind, assignee = (
+            f.queue,
+            f.statuses,
+            f.rule_id,
+            f.kind,
+            f.assignee,
+        )
+        patient, label, due_after, due_before = f.patient, f.label, f.due_after, f.due_before
         k = self.keys
         if statuses:
             unique = [TaskStatus(s).value for s in dict.fromkeys(statuses)]

@@ -30,6 +30,7 @@ from fhir_bridge.store.base import (
     Store,
     StoredResource,
     TaskCursor,
+    TaskFilter,
     TaskPage,
     TaskUpsert,
 )
@@ -582,22 +583,17 @@ class SqliteStore(Store):
         with self._lock:
             return self._task_row(self._db, task_id)
 
-    def list_tasks(
-        self,
-        *,
-        queue: str | None = None,
-        statuses: Sequence[TaskStatus] = (),
-        rule_id: str | None = None,
-        limit: int = 50,
-        offset: int = 0,
-        kind: str | None = None,
-        assignee: str | None = None,
-        patient: str | None = None,
-        label: str | None = None,
-        due_after: datetime | None = None,
-        due_before: datetime | None = None,
-        after: TaskCursor | None = None,
+    def _list_tasks(
+        self, f: TaskFilter, limit: int, offset: int, after: TaskCursor | None
     ) -> TaskPage:
+        queue, statuses, rule_id, kind, assignee = (
+            f.queue,
+            f.statuses,
+            f.rule_id,
+            f.kind,
+            f.assignee,
+        )
+        patient, label, due_after, due_before = f.patient, f.label, f.due_after, f.due_before
         clauses: list[str] = []
         params: list[Any] = []
         for column, value in (

@@ -8,6 +8,8 @@ same run; results written as JSON to compare runs. Asserts nothing.
    `fhir.resources.R4B` parse and the `orjson` parse (the floor of reading JSON at all).
 2. sync: a full sync of the sample population from a real SEKMET, next to raw httpx paging of
    the same searches (same page size, same sort), which is the floor any client pays.
+   sync10k: the same comparison at >= 10,000 generated resources (bench/bulk.py's rewritten
+   ids) on a fresh in-memory SEKMET, 500 a page, medians of at most 3 (goal: <= 1.3x).
 3. bulk: file ingest (bench/bulk.py) of generated populations in child processes: resources/s
    against the in-process ingest rate of (1), and peak RSS of the largest against the smallest.
 4. api: GET latencies (p50, p99) over loopback HTTP against uvicorn serving a store with the
@@ -51,6 +53,7 @@ from fhir_bridge.logging import configure_logging
 from fhir_bridge.mapping import RuleSet
 from fhir_bridge.runtime import Bridge
 from fhir_bridge.sandbox import Sekmet, sample_data_dir, seed_sample
+from fhir_bridge.sandbox.seed import load_ndjson, seed
 from fhir_bridge.store import SqliteStore
 from fhir_bridge.sync.engine import dependency_order
 from fhir_bridge.sync.files import ingest_files
@@ -61,6 +64,7 @@ from fhir_bridge.validate.profiles import ProfileSet
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 PAGE_SIZE = 100
+SYNC10K_PAGE_SIZE = 500
 NOW = datetime(2026, 11, 26, 12, tzinfo=UTC)  # the sample population's reference date
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -146,12 +150,12 @@ def bench_ingest(repeat: int) -> dict[str, Any]:
 
 
 # -- 2. sync -----------------------------------------------------------------------------------
-async def raw_paging(url: str) -> int:
+async def raw_paging(url: str, page_size: int = PAGE_SIZE) -> int:
     """Page through every type with plain httpx, as cheaply as a client can."""
     seen = 0
     async with httpx.AsyncClient(timeout=60) as client:
         for rtype in DEFAULT_RESOURCE_TYPES:
-            next_url: str | None = f"{url}/{rtype}?_count={PAGE_SIZE}&_sort=_lastUpdated"
+            next_url: str | None = f"{url}/{rtype}?_count={page_size}&_sort=_lastUpdated"
             while next_url:
                 bundle = (await client.get(next_url)).json()
                 seen += len(bundle.get("entry", []))
@@ -187,6 +191,59 @@ def bench_sync(repeat: int) -> dict[str, Any]:
         t_sync = statistics.median(sync_once() for _ in range(repeat))
     return {
         "resources": received,
+        "raw_paging_s": t_raw,
+        "bridge_sync_s": t_sync,
+        "sync_vs_raw": t_sync / t_raw,
+        "bridge_per_s": received / t_sync,
+    }
+
+
+def bench_sync10k(size: int, tmp: Path, repeat: int) -> dict[str, Any]:
+    """A first sync of `size` generated resources from an in-memory SEKMET vs raw paging.
+
+    Same searches and page size for both; each bridge run syncs into a fresh SQLite file with
+    the default (auto) strategy, so its one `/metadata` read is counted too.
+    """
+    folder = tmp / "sync10k-ndjson"
+    bulk.generate(folder, size, tag="s")
+    synced = sum(
+        sum(1 for _ in (folder / f"{t}.ndjson").open()) if (folder / f"{t}.ndjson").exists() else 0
+        for t in DEFAULT_RESOURCE_TYPES
+    )
+    if synced < size:  # the sample also holds types the sync does not search
+        bulk.generate(folder, -(-size * size // synced), tag="s")
+    with Sekmet(in_memory=True) as ehr:
+        url = ehr.start()
+        started = time.perf_counter()
+        seeded = seed(url, load_ndjson(sorted(folder.glob("*.ndjson"))))
+        t_seed = time.perf_counter() - started
+        received = asyncio.run(raw_paging(url, SYNC10K_PAGE_SIZE))
+
+        def sync_once() -> float:
+            """Seconds for one first sync into a fresh store (start-up not counted)."""
+            with tempfile.TemporaryDirectory() as run_tmp:
+                settings = _api_settings(
+                    sources=(
+                        SourceConfig(name="bench", base_url=url, page_size=SYNC10K_PAGE_SIZE),
+                    ),
+                    storage=StorageConfig(path=Path(run_tmp) / "b.db"),
+                )
+                bridge = Bridge(settings, clock=lambda: NOW)
+                start = time.perf_counter()
+                [report] = asyncio.run(bridge.sync_once())
+                elapsed = time.perf_counter() - start
+                bridge.close()
+                if report.totals.received != received:
+                    raise RuntimeError(f"bridge got {report.totals.received}, raw {received}")
+                return elapsed
+
+        t_raw = median_time(lambda: asyncio.run(raw_paging(url, SYNC10K_PAGE_SIZE)), repeat)
+        t_sync = statistics.median(sync_once() for _ in range(repeat))
+    return {
+        "resources": received,
+        "seeded": seeded,
+        "seed_s": t_seed,
+        "page_size": SYNC10K_PAGE_SIZE,
         "raw_paging_s": t_raw,
         "bridge_sync_s": t_sync,
         "sync_vs_raw": t_sync / t_raw,
@@ -383,6 +440,23 @@ def table_rows(r: dict[str, Any]) -> list[Row]:
                 s["bridge_sync_s"] * 1000,
             ),
         ]
+    if "sync10k" in r:
+        k = r["sync10k"]
+        rows += [
+            (
+                "sync10k: raw httpx paging (anchor)",
+                f"{k['raw_paging_s'] * 1000:,.0f} ms",
+                f"{k['resources']:,} resources, {k['page_size']} a page",
+                None,
+            ),
+            (
+                "sync10k: bridge first sync",
+                f"{k['bridge_sync_s'] * 1000:,.0f} ms",
+                f"{k['sync_vs_raw']:.2f}x raw paging time (goal <= 1.3x), "
+                f"{k['bridge_per_s']:,.0f} res/s",
+                k["bridge_sync_s"] * 1000,
+            ),
+        ]
     if "bulk" in r:
         b = r["bulk"]
         for fig in b["sizes"]:
@@ -507,12 +581,15 @@ def main() -> None:
         "--skip",
         nargs="+",
         default=[],
-        choices=["sync", "bulk", "api", "redis"],
+        choices=["sync", "sync10k", "bulk", "api", "redis"],
         help="parts to leave out",
     )
     parser.add_argument(
         "--compare",
         help="an earlier bench/results/*.json, or 'last' for the newest one with a table",
+    )
+    parser.add_argument(
+        "--sync10k-size", type=int, default=10_000, help="resources in the sync10k part"
     )
     args = parser.parse_args()
     configure_logging("ERROR")
@@ -532,6 +609,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp_name:
         tmp = Path(tmp_name)
         sqlite_rate: float | None = None
+        if "sync10k" not in args.skip:
+            results["sync10k"] = bench_sync10k(args.sync10k_size, tmp, min(args.repeat, 3))
         if "bulk" not in args.skip:
             results["bulk"] = bench_bulk(args.bulk_sizes, tmp, results["ingest"]["ingest_per_s"])
             sqlite_rate = results["bulk"]["sizes"][-1]["per_second"]

@@ -11,6 +11,7 @@ the key path and what was expected.
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -154,6 +155,102 @@ class CircuitBreakerConfig(_Strict):
     )
 
 
+# What the bridge may write to a source when no `write_policy.allowed_types` is given: its own
+# Task mirror, the Provenance of each write, Communication, and the five coordinator types.
+DEFAULT_WRITE_TYPES = (
+    "Task",
+    "Provenance",
+    "Communication",
+    "CarePlan",
+    "Appointment",
+    "MedicationStatement",
+    "CoverageEligibilityRequest",
+    "Coverage",
+)
+
+
+class WritePolicyConfig(_Strict):
+    """What the bridge may write to one source; a write outside it is refused before any call.
+
+    `allowed_fields` and `allowed_values` restrict only the types and paths they name.
+    """
+
+    mode: Literal["live", "dry-run"] = Field(
+        default="live", description="dry-run: log what would be written, write nothing"
+    )
+    allowed_types: tuple[str, ...] = DEFAULT_WRITE_TYPES
+    allowed_fields: dict[str, tuple[str, ...]] | None = Field(
+        default=None,
+        description="per resource type, the element paths it may write (a.b); absent: any",
+    )
+    allowed_values: dict[str, tuple[str, ...]] | None = Field(
+        default=None,
+        description="per `Type.path`, the only values it may be set to",
+    )
+
+    @field_validator("allowed_types")
+    @classmethod
+    def _types_known(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from fhir_bridge.validate.parse import is_known_type
+
+        unknown = [t for t in value if not is_known_type(t)]
+        if unknown:
+            raise ValueError(f"not FHIR R4 resource types: {', '.join(unknown)}")
+        return value
+
+    @field_validator("allowed_fields")
+    @classmethod
+    def _fields_shaped(
+        cls, value: dict[str, tuple[str, ...]] | None
+    ) -> dict[str, tuple[str, ...]] | None:
+        from fhir_bridge.validate.parse import is_known_type
+
+        for rtype, paths in (value or {}).items():
+            if not is_known_type(rtype):
+                raise ValueError(f"{rtype!r} is not a FHIR R4 resource type")
+            bad = [p for p in paths if not _PLAIN_PATH.match(p)]
+            if bad:
+                raise ValueError(
+                    f"{rtype}: element paths are dotted names (participant.status), "
+                    f"not {', '.join(map(repr, bad))}"
+                )
+        return value
+
+    @field_validator("allowed_values")
+    @classmethod
+    def _values_shaped(
+        cls, value: dict[str, tuple[str, ...]] | None
+    ) -> dict[str, tuple[str, ...]] | None:
+        from fhir_bridge.validate.parse import is_known_type
+
+        for key, values in (value or {}).items():
+            rtype, _, path = key.partition(".")
+            if not path or not is_known_type(rtype) or not _PLAIN_PATH.match(path):
+                raise ValueError(
+                    f"{key!r}: keys are a resource type and an element path (Appointment.status)"
+                )
+            if not values:
+                raise ValueError(f"{key}: list at least one allowed value")
+        return value
+
+    @model_validator(mode="after")
+    def _restricted_types_allowed(self) -> WritePolicyConfig:
+        named = {
+            *(self.allowed_fields or {}),
+            *(k.partition(".")[0] for k in self.allowed_values or {}),
+        }
+        outside = sorted(named - set(self.allowed_types))
+        if outside:
+            raise ValueError(
+                f"allowed_fields/allowed_values name types not in allowed_types: "
+                f"{', '.join(outside)}"
+            )
+        return self
+
+
+_PLAIN_PATH = re.compile(r"^[a-z][A-Za-z0-9]*(\.[a-z][A-Za-z0-9]*)*$")
+
+
 class SubscriptionConfig(_Strict):
     """Rest-hook notifications from the source (polling keeps running as the safety net)."""
 
@@ -179,6 +276,13 @@ class SourceConfig(_Strict):
     auth: AuthConfig = NoAuth()
     resource_types: tuple[str, ...] = DEFAULT_RESOURCE_TYPES
     page_size: int = Field(default=100, ge=1, le=1000)
+    sync_strategy: Literal["auto", "last-updated", "created", "full"] = Field(
+        default="auto",
+        description=(
+            "how changes are found: auto (from /metadata), last-updated, created "
+            "(misses edits), full (re-pull every run); see fhir_bridge.sync.strategy"
+        ),
+    )
     poll_interval: float = Field(default=60.0, gt=0, description="seconds between sync runs")
     overlap: float = Field(
         default=300.0, ge=0, description="seconds re-read before the cursor, for late commits"
@@ -202,6 +306,7 @@ class SourceConfig(_Strict):
     )
     subscription: SubscriptionConfig | None = None
     writeback: bool = True
+    write_policy: WritePolicyConfig = WritePolicyConfig()
     profiles: tuple[str, ...] = Field(
         default=(),
         description="StructureDefinition urls (or file names in profiles_dir) to enforce",

@@ -13,7 +13,7 @@ from typing import Any
 
 from structlog.contextvars import bound_contextvars
 
-from fhir_bridge.config import Settings, SourceConfig
+from fhir_bridge.config import Settings, SourceConfig, WritePolicyConfig
 from fhir_bridge.fhir import FhirClient
 from fhir_bridge.logging import get_logger
 from fhir_bridge.mapping.engine import Problem, RuleSet, compile_folder
@@ -23,6 +23,7 @@ from fhir_bridge.store import Store, open_store
 from fhir_bridge.sync.deletions import reconcile_source
 from fhir_bridge.sync.engine import Progress, SourceReport, new_job_id, sync_source
 from fhir_bridge.sync.ingest import Clock, Ingestor, ProfilePolicy, utcnow
+from fhir_bridge.sync.strategy import StrategyCache
 from fhir_bridge.tasks.model import TaskStatus
 from fhir_bridge.tasks.service import TaskService
 from fhir_bridge.validate.profiles import ProfileSet
@@ -75,6 +76,7 @@ class Bridge:
         self.source_state = {s.name: SourceState() for s in settings.sources}
         # Keyed by event loop too: the CLI runs several asyncio.run()s over one Bridge.
         self._sync_locks: dict[tuple[int, str], asyncio.Lock] = {}
+        self.strategies = StrategyCache()  # each source's sync plan, decided once per run
         # One registry per bridge (see fhir_bridge.metrics): tests never share a series.
         self.metrics = BridgeMetrics(
             self.store, clock, {s.name: list(s.resource_types) for s in settings.sources}
@@ -156,7 +158,13 @@ class Bridge:
         lock = self._sync_locks.setdefault(key, asyncio.Lock())
         async with lock:
             report = await sync_source(
-                source, client, self.ingestor, full=full, progress=progress, metrics=self.metrics
+                source,
+                client,
+                self.ingestor,
+                full=full,
+                progress=progress,
+                metrics=self.metrics,
+                strategies=self.strategies,
             )
         state = self.source_state[source.name]
         state.runs += 1
@@ -182,6 +190,10 @@ class Bridge:
 
         return list(await asyncio.gather(*(one(s) for s in sources)))
 
+    def write_policies(self) -> dict[str, WritePolicyConfig]:
+        """Each source's write policy, by source name."""
+        return {s.name: s.write_policy for s in self.settings.sources}
+
     async def deliver_once(self) -> DeliveryStats:
         """One scan of the outbox (its log lines share one `job_id`)."""
         async with AsyncExitStack() as stack:
@@ -192,7 +204,12 @@ class Bridge:
                 if s.writeback
             }
             return await Delivery(
-                self.store, clients, self.settings.writeback, self.clock, self.metrics
+                self.store,
+                clients,
+                self.settings.writeback,
+                self.clock,
+                self.metrics,
+                policies=self.write_policies(),
             ).deliver_due()
 
     async def run_loops(
@@ -216,7 +233,12 @@ class Bridge:
             if writeback:
                 wb_clients = {s.name: clients[s.name] for s in self.settings.sources if s.writeback}
                 delivery = Delivery(
-                    self.store, wb_clients, self.settings.writeback, self.clock, self.metrics
+                    self.store,
+                    wb_clients,
+                    self.settings.writeback,
+                    self.clock,
+                    self.metrics,
+                    policies=self.write_policies(),
                 )
                 jobs.append(delivery.run(stop))
             await asyncio.gather(*jobs)

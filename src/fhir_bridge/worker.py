@@ -254,6 +254,7 @@ class Worker:
             b.metrics,
             leases=self.leases,
             lease_ttl=self.options.lease_ttl,
+            policies=b.write_policies(),
         )
         while not stop.is_set():
             wait = b.settings.writeback.interval

@@ -10,6 +10,9 @@ ones), so a page's resources are only known to be complete up to the order they 
 We ask for `_sort=_lastUpdated`; while the pages really arrive in that order the cursor
 advances after every page. If a server ignores `_sort` the cursor advances only when the
 whole search has been stored, so a crash mid-search re-pulls it rather than skipping.
+
+Servers without `_lastUpdated` get another plan (`fhir_bridge.sync.strategy`): a date-param
+search with a cursor at the previous run's start (misses edits), or a full re-pull.
 """
 
 from __future__ import annotations
@@ -30,11 +33,26 @@ from fhir_bridge.errors import FhirRequestError
 from fhir_bridge.fhir import FhirClient, Page
 from fhir_bridge.logging import get_logger
 from fhir_bridge.mapping.engine import RuleSet
+from fhir_bridge.store import Store
 from fhir_bridge.sync.ingest import Ingestor, IngestResult, later, parse_instant
+from fhir_bridge.sync.strategy import INCREMENTAL, Mode, StrategyCache, TypePlan
 
 log = get_logger("sync")
 
 MAX_PASSES = 3  # searches per run when the data keeps changing while we page
+MAX_NEW_PATIENT_PULLS = 200  # newly seen patients whose resources one run fetches by patient
+# FHIR R4 types with a `patient` search parameter (a newly seen patient's resources are
+# fetched with it; configured types not listed are left to their cursor search).
+PATIENT_SEARCH_TYPES = frozenset(
+    {
+        "AllergyIntolerance", "Appointment", "CarePlan", "CareTeam", "Claim", "Condition",
+        "Coverage", "CoverageEligibilityRequest", "CoverageEligibilityResponse",
+        "DiagnosticReport", "DocumentReference", "Encounter", "ExplanationOfBenefit", "Flag",
+        "Goal", "Immunization", "MedicationAdministration", "MedicationDispense",
+        "MedicationRequest", "MedicationStatement", "Observation", "Procedure",
+        "RiskAssessment", "ServiceRequest",
+    }
+)  # fmt: skip
 FIRST_LOAD_SUFFIX = "$first-load"  # cursor key marking a first load not yet complete
 
 # progress(source, resource_type, resources done, total or None)
@@ -78,6 +96,7 @@ class TypeReport:
     cursor: str | None = None
     error: str | None = None
     seconds: float = 0.0
+    new_patients: list[str] = field(default_factory=list)  # Patient ids first stored this run
 
 
 @dataclass
@@ -163,15 +182,19 @@ async def sync_type(
     full: bool = False,
     progress: Progress | None = None,
     metrics: SyncObserver | None = None,
+    plan: TypePlan = INCREMENTAL,
 ) -> TypeReport:
     """Pull every resource of `resource_type` changed since the cursor and ingest it.
 
     Every log line of the run (ours, the FHIR client's, ingest's) carries the run's `job_id`.
+    :param plan: how changes are found (default: `_lastUpdated`).
     """
     with structlog.contextvars.bound_contextvars(
         job_id=new_job_id(), source=source.name, resource_type=resource_type
     ):
-        report = await _sync_type(source, resource_type, client, ingestor, full, progress, metrics)
+        report = await _sync_type(
+            source, resource_type, client, ingestor, full, progress, metrics, plan
+        )
     if metrics is not None:
         metrics.observe_sync_run(
             source.name, resource_type, ok=report.error is None, seconds=report.seconds
@@ -187,12 +210,14 @@ async def _sync_type(
     full: bool,
     progress: Progress | None,
     metrics: SyncObserver | None = None,
+    plan: TypePlan = INCREMENTAL,
 ) -> TypeReport:
     report = TypeReport(resource_type)
     store = ingestor.store
     started = time.perf_counter()
+    incremental = plan.mode is Mode.LAST_UPDATED
     stored_cursor = await asyncio.to_thread(store.get_cursor, source.name, resource_type)
-    cursor = None if full else stored_cursor
+    cursor = None if full or plan.mode is Mode.FULL else stored_cursor
     high_water = cursor
     # A first load that fails part-way is still a first load on the next run: the marker
     # lives until a search of this type completes ('trigger: new' rules stay quiet till then).
@@ -206,16 +231,26 @@ async def _sync_type(
     sorted_so_far = True
     try:
         for _ in range(MAX_PASSES):
-            params = [("_count", str(source.page_size)), ("_sort", "_lastUpdated")]
-            if cursor:
-                params.append(("_lastUpdated", since_param(cursor, source.overlap)))
+            params = [("_count", str(source.page_size))]
+            if incremental:
+                params.append(("_sort", "_lastUpdated"))
+                if cursor:
+                    params.append(("_lastUpdated", since_param(cursor, source.overlap)))
+            elif cursor and plan.mode is Mode.CREATED and plan.param:
+                params.append((plan.param, since_param(cursor, source.overlap)))
             began = datetime.now(UTC)
-            sorted_so_far, pass_max, pass_pages = True, None, 0
+            sorted_so_far, pass_max, pass_pages = incremental, None, 0
             async for page in _prefetched(client.search(resource_type, params)):
                 page_started = time.perf_counter()
                 report.pages += 1
                 pass_pages += 1
                 sorted_so_far = sorted_so_far and _in_order(page.resources, pass_max)
+                watch = resource_type == "Patient" and not first_load
+                unseen = (
+                    await asyncio.to_thread(_unseen, store, source.name, page.resources)
+                    if watch
+                    else []
+                )
                 result = await asyncio.to_thread(
                     ingestor.ingest,
                     source.name,
@@ -223,6 +258,11 @@ async def _sync_type(
                     resource_type,
                     initial=first_load,
                 )
+                if unseen:
+                    now_stored = await asyncio.to_thread(_stored, store, source.name, unseen)
+                    report.new_patients.extend(
+                        i for i in now_stored if i not in report.new_patients
+                    )
                 report.result.add(result)
                 pass_max = later(pass_max, result.max_last_updated)
                 if sorted_so_far and pass_max:
@@ -233,6 +273,11 @@ async def _sync_type(
                 _page_done(page.number, result, metrics, source.name, resource_type, page_started)
                 if progress:
                     progress(source.name, resource_type, report.result.received, page.total)
+            if not incremental:
+                # One pass; the next run searches from this run's start (created) or all (full).
+                high_water = began.isoformat()
+                await asyncio.to_thread(store.set_cursor, source.name, resource_type, high_water)
+                break
             if pass_pages < 2 or pass_max is None or parse_instant(pass_max) < began:
                 if pass_max and not sorted_so_far:
                     high_water = pass_max
@@ -276,6 +321,19 @@ async def _sync_type(
         elapsed_ms=round(report.seconds * 1000),
     )
     return report
+
+
+def _unseen(store: Store, source: str, resources: list[dict[str, object]]) -> list[str]:
+    """Ids of the page's Patients not in the store yet."""
+    ids = [r["id"] for r in resources if isinstance(r.get("id"), str)]
+    return [
+        i for i in ids if isinstance(i, str) and store.get_resource(source, "Patient", i) is None
+    ]
+
+
+def _stored(store: Store, source: str, ids: list[str]) -> list[str]:
+    """Those of `ids` whose Patient is now stored (not quarantined)."""
+    return [i for i in ids if store.get_resource(source, "Patient", i) is not None]
 
 
 def _page_done(
@@ -347,12 +405,23 @@ async def sync_source(
     full: bool = False,
     progress: Progress | None = None,
     metrics: SyncObserver | None = None,
+    strategies: StrategyCache | None = None,
 ) -> SourceReport:
     """Sync every configured resource type of one source, one after the other.
 
     A failing type is reported and the others still run; nothing already stored is lost.
+    :param strategies: decides (and remembers) each type's plan; a fresh cache if omitted.
     """
     report = SourceReport(source.name)
+    cache = strategies or StrategyCache()
+    plans = cache.cached(source.name)
+    # A first load searches everything whatever the plan, so in auto it does not wait for
+    # /metadata (nor lets a failing /metadata trip the breaker first): it reads it afterwards.
+    # Its incremental cursor (highest lastUpdated, before the run's start) is a safe start
+    # for a created-date plan too.
+    defer = plans is None and source.sync_strategy == "auto" and await _first_load(source, ingestor)
+    if plans is None and not defer:
+        plans = await _decide(cache, source, client)
     for resource_type in dependency_order(source.resource_types, ingestor.rules):
         report.types.append(
             await sync_type(
@@ -363,6 +432,81 @@ async def sync_source(
                 full=full,
                 progress=progress,
                 metrics=metrics,
+                plan=(plans or {}).get(resource_type, INCREMENTAL),
             )
         )
+    if defer and report.ok:  # after a failed run the next one asks (no extra breaker probe)
+        await _decide(cache, source, client)
+    new_patients = [i for t in report.types if t.resource_type == "Patient" for i in t.new_patients]
+    if new_patients:
+        with structlog.contextvars.bound_contextvars(job_id=new_job_id(), source=source.name):
+            await _pull_for_patients(source, client, ingestor, new_patients, report)
     return report
+
+
+async def _decide(
+    cache: StrategyCache, source: SourceConfig, client: FhirClient
+) -> dict[str, TypePlan]:
+    """The cache's plans for `source`, its `/metadata` read logged under a job id of its own."""
+    with structlog.contextvars.bound_contextvars(job_id=new_job_id(), source=source.name):
+        return await cache.plans(source, client)
+
+
+async def _first_load(source: SourceConfig, ingestor: Ingestor) -> bool:
+    """True when no type of the source has a cursor yet."""
+    store = ingestor.store
+    for resource_type in source.resource_types:
+        if await asyncio.to_thread(store.get_cursor, source.name, resource_type) is not None:
+            return False
+    return True
+
+
+async def _pull_for_patients(
+    source: SourceConfig,
+    client: FhirClient,
+    ingestor: Ingestor,
+    patient_ids: list[str],
+    report: SourceReport,
+) -> None:
+    """Fetch the configured types' resources of Patients first seen after the initial load.
+
+    Their resources may carry a `lastUpdated` below the type's cursor (moved from another
+    system, or back-dated), so the cursor search alone would never see them. Searched by
+    `patient=Patient/{id}`; what is already stored is a no-op by content hash. Failures are
+    logged and leave the type's report alone: the cursor search has already run.
+    """
+    if len(patient_ids) > MAX_NEW_PATIENT_PULLS:
+        log.warning(
+            "new_patient_pulls_capped",
+            source=source.name,
+            new_patients=len(patient_ids),
+            cap=MAX_NEW_PATIENT_PULLS,
+        )
+    by_type = {t.resource_type: t for t in report.types}
+    types = [t for t in by_type if t in PATIENT_SEARCH_TYPES]
+    fetched = 0
+    for patient_id in patient_ids[:MAX_NEW_PATIENT_PULLS]:
+        for resource_type in types:
+            params = [("patient", f"Patient/{patient_id}"), ("_count", str(source.page_size))]
+            try:
+                async for page in client.search(resource_type, params):
+                    result = await asyncio.to_thread(
+                        ingestor.ingest, source.name, page.resources, resource_type, initial=False
+                    )
+                    by_type[resource_type].result.add(result)
+                    by_type[resource_type].pages += 1
+                    fetched += result.received
+            except FhirRequestError as exc:
+                log.warning(
+                    "new_patient_pull_failed",
+                    source=source.name,
+                    resource_type=resource_type,
+                    status=exc.status,
+                    error=type(exc).__name__,
+                )
+    log.info(
+        "new_patients_pulled",
+        source=source.name,
+        patients=min(len(patient_ids), MAX_NEW_PATIENT_PULLS),
+        received=fetched,
+    )

@@ -11,18 +11,25 @@ conflict with the diff. Each action's write is followed by a Provenance.
 Temporary failures retry with exponential backoff until `max_attempts`; permanent ones
 (400/403/404/409/422 ..., or a spent budget) park the entry as dead with the server's
 OperationOutcome text, for `fhir-bridge outbox retry|discard`.
+
+Before any request, every entry is checked against its source's `write_policy`
+(`writeback/policy.py`): a write outside it is parked as dead with `{"policy": reason}`; in
+`dry-run` mode nothing is sent, `writeback_dry_run` logs the types and field paths (no values)
+and the entry is marked delivered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from fhir_bridge.config import WritebackConfig
+from fhir_bridge.config import WritebackConfig, WritePolicyConfig
 from fhir_bridge.errors import (
     FatalFhirError,
     FhirBridgeError,
@@ -36,7 +43,7 @@ from fhir_bridge.metrics import BridgeMetrics
 from fhir_bridge.store.base import Store
 from fhir_bridge.sync.ingest import Clock, utcnow
 from fhir_bridge.tasks.model import MIRROR_ACTION, OutboxEntry, OutboxStatus, Task
-from fhir_bridge.writeback import actions
+from fhir_bridge.writeback import actions, policy
 from fhir_bridge.writeback.actions import ActionFailed, WriteConflict, Written
 from fhir_bridge.writeback.provenance import build_provenance, tag_query
 from fhir_bridge.writeback.task_mirror import build_task, identifier_query
@@ -54,6 +61,8 @@ class DeliveryStats:
     retried: int = 0
     dead: int = 0
     conflicts: int = 0
+    refused: int = 0  # outside the source's write policy (also counted in `dead`)
+    dry_run: int = 0  # not sent: the source's write policy is dry-run (also in `delivered`)
 
 
 def failure_detail(exc: Exception) -> dict[str, Any]:
@@ -91,12 +100,14 @@ class Delivery:
         settings: WritebackConfig,
         clock: Clock = utcnow,
         metrics: BridgeMetrics | None = None,
+        policies: Mapping[str, WritePolicyConfig] | None = None,
     ) -> None:
         self.store = store
         self.clients = clients
         self.settings = settings
         self.clock = clock
         self.metrics = metrics
+        self.policies = dict(policies or {})
 
     async def deliver_due(self) -> DeliveryStats:
         """Deliver every entry that is due now; return what happened."""
@@ -127,9 +138,19 @@ class Delivery:
         started = time.perf_counter()
         outcome = "delivered"
         try:
-            await self._send(entry)
+            sent = await self._send(entry)
             await asyncio.to_thread(self.store.outbox_delivered, entry.id, self.clock())
             stats.delivered += 1
+            if not sent:
+                outcome = "dry-run"
+                stats.dry_run += 1
+        except policy.PolicyRefused as exc:
+            outcome = "refused"
+            await asyncio.to_thread(
+                self.store.outbox_park, entry.id, OutboxStatus.DEAD, str(exc), exc.detail
+            )
+            stats.dead += 1
+            stats.refused += 1
         except TemporaryFhirError as exc:
             if entry.attempts + 1 >= self.settings.max_attempts:
                 outcome = "dead"
@@ -178,7 +199,11 @@ class Delivery:
             elapsed_ms=round((time.perf_counter() - started) * 1000),
         )
 
-    async def _send(self, entry: OutboxEntry) -> None:
+    async def _send(self, entry: OutboxEntry) -> bool:
+        """Deliver one entry; False when the source's policy is dry-run and nothing was sent.
+
+        :raises policy.PolicyRefused: the entry is outside the source's write policy.
+        """
         if entry.action != MIRROR_ACTION and entry.action not in _ACTIONS:
             raise _Undeliverable(f"unknown outbox action {entry.action!r}")
         client = self.clients.get(entry.source)
@@ -187,14 +212,29 @@ class Delivery:
         task = await asyncio.to_thread(self.store.get_task, entry.task_id)
         if task is None:
             raise _Undeliverable(f"task {entry.task_id} no longer exists")
+        rules = self.policies.get(entry.source) or _DEFAULT_POLICY
+        writes = policy.plan(entry, task, self.settings.identifier_system)
+        policy.check(rules, entry.source, writes)
+        if rules.mode == "dry-run":
+            log.info(
+                "writeback_dry_run",
+                entry_id=entry.id,
+                task_id=entry.task_id,
+                source=entry.source,
+                action=entry.action,
+                writes=policy.summary(writes),
+            )
+            return False
         if entry.action != MIRROR_ACTION:
             await self._action(client, task, entry)
-            return
+            return True
         result = await self._mirror(client, task, entry.payload)
+        _after_create_hook(result.created)
         if result.resource_id:
             await asyncio.to_thread(
                 self.store.set_task_mirror, task.id, result.resource_id, result.version_id
             )
+        return True
 
     async def _action(self, client: FhirClient, task: Task, entry: OutboxEntry) -> None:
         """Run one `on_status` action, then record its write in a Provenance."""
@@ -275,6 +315,20 @@ class Delivery:
 
 
 _ACTIONS = frozenset(actions.ACTION_NAMES.values())
+_DEFAULT_POLICY = WritePolicyConfig()
+
+# Test seam for tests/integration/test_writeback_crash.py: when this variable names a file,
+# the process writes the file and stops dead (SIGKILL to itself) right after the server
+# created a mirror Task and before the bridge recorded it. Never set in production.
+CRASH_AFTER_CREATE_ENV = "FHIR_BRIDGE_TEST_KILL_AFTER_CREATE"
+
+
+def _after_create_hook(created: bool) -> None:
+    marker = os.environ.get(CRASH_AFTER_CREATE_ENV)
+    if created and marker:
+        with open(marker, "w", encoding="utf-8") as fh:
+            fh.write("created\n")
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class _Undeliverable(FhirBridgeError):

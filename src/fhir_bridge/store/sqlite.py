@@ -295,10 +295,12 @@ class SqliteStore(Store):
             except sqlite3.Error as exc:
                 raise StoreError(f"SQLite read failed: {exc}") from exc
 
-    def _write(self, sql: str, params: Sequence[Any] = ()) -> None:
+    def _write(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement in its own transaction; the number of rows it changed."""
         try:
             with self._tx() as db:
-                db.execute(sql, params)
+                changed: int = db.execute(sql, params).rowcount
+                return changed
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite write failed: {exc}") from exc
 
@@ -345,15 +347,13 @@ class SqliteStore(Store):
             raise StoreError(f"SQLite write failed: {exc}") from exc
 
     def delete_resource(self, source: str, resource_type: str, resource_id: str) -> bool:
-        try:
-            with self._tx() as db:
-                cursor = db.execute(
-                    "DELETE FROM resources WHERE source=? AND type=? AND id=?",
-                    (source, resource_type, resource_id),
-                )
-                return cursor.rowcount > 0
-        except sqlite3.Error as exc:
-            raise StoreError(f"SQLite write failed: {exc}") from exc
+        return (
+            self._write(
+                "DELETE FROM resources WHERE source=? AND type=? AND id=?",
+                (source, resource_type, resource_id),
+            )
+            > 0
+        )
 
     def get_resource(
         self, source: str, resource_type: str, resource_id: str
@@ -766,28 +766,24 @@ class SqliteStore(Store):
             raise StoreError(f"SQLite write failed: {exc}") from exc
 
     def outbox_requeue(self, entry_id: int, now: datetime) -> bool:
-        try:
-            with self._tx() as db:
-                cur = db.execute(
-                    "UPDATE outbox SET status='pending', attempts=0, next_attempt_at=? "
-                    "WHERE id=? AND status IN ('dead', 'conflict')",
-                    (_ts(now), entry_id),
-                )
-                return cur.rowcount > 0
-        except sqlite3.Error as exc:
-            raise StoreError(f"SQLite write failed: {exc}") from exc
+        return (
+            self._write(
+                "UPDATE outbox SET status='pending', attempts=0, next_attempt_at=? "
+                "WHERE id=? AND status IN ('dead', 'conflict')",
+                (_ts(now), entry_id),
+            )
+            > 0
+        )
 
     def outbox_discard(self, entry_id: int, reason: str) -> bool:
-        try:
-            with self._tx() as db:
-                cur = db.execute(
-                    "UPDATE outbox SET status='discarded', last_error=? "
-                    "WHERE id=? AND status NOT IN ('delivered', 'discarded')",
-                    (reason, entry_id),
-                )
-                return cur.rowcount > 0
-        except sqlite3.Error as exc:
-            raise StoreError(f"SQLite write failed: {exc}") from exc
+        return (
+            self._write(
+                "UPDATE outbox SET status='discarded', last_error=? "
+                "WHERE id=? AND status NOT IN ('delivered', 'discarded')",
+                (reason, entry_id),
+            )
+            > 0
+        )
 
     # -- bulk reads (for `store/migrate.py`) -------------------------------------------------
     def iter_cursors(self) -> Iterator[tuple[str, str, str]]:

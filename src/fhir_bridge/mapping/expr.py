@@ -9,8 +9,8 @@ unknown element makes an expression silently empty), and the `%names` used (a ty
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -40,6 +40,22 @@ class ExpressionError(ValueError):
     """An expression that does not compile; the message says why."""
 
 
+class LazyEnv(dict[str, Any]):
+    """Variables computed when an expression first reads them (`__missing__`), so that
+    `when: status = 'booked' and %coverages.empty()` reads no Coverage for a cancelled visit.
+    The compiled subset reads names one by one; before fhirpathpy runs, `fill` computes all
+    the expression's names."""
+
+    def fill(self, names: Iterable[str]) -> None:
+        """Compute each of `names` that is not known yet."""
+        for name in names:
+            if name not in self:
+                try:
+                    self[name]  # __missing__ computes and stores it
+                except KeyError:
+                    pass  # not one of the rule's names: fhirpathpy reports it as before
+
+
 @dataclass(frozen=True)
 class Expr:
     """A compiled FHIRPath expression that remembers its text."""
@@ -47,11 +63,12 @@ class Expr:
     text: str
     fn: Callable[[Any, Mapping[str, Any]], list[Any]]
     fast: Callable[[Any, Mapping[str, Any]], list[Any]] | None = None
+    # The `%names` the expression reads (so they can be computed only when needed).
+    variables: frozenset[str] = field(init=False, repr=False, compare=False)
 
-    @property
-    def variables(self) -> frozenset[str]:
-        """The `%names` the expression reads (so they can be computed only when needed)."""
-        return frozenset(_VARIABLE.findall(self.text)) - BUILTIN_VARIABLES
+    def __post_init__(self) -> None:
+        names = frozenset(_VARIABLE.findall(self.text)) - BUILTIN_VARIABLES
+        object.__setattr__(self, "variables", names)
 
     def __call__(self, resource: Any, env: Mapping[str, Any]) -> list[Any]:
         if self.fast is not None and FAST_PATH:
@@ -59,6 +76,8 @@ class Expr:
                 return self.fast(resource, env)
             except Fallback:
                 pass  # a value the compiled subset cannot judge: fhirpathpy decides
+        if isinstance(env, LazyEnv):
+            env.fill(self.variables)  # fhirpathpy reads a plain dict: compute every name now
         now = env.get("now")
         if isinstance(now, str):
             # fhirpathpy treats a text %now as a string: comparisons would be textual and

@@ -27,6 +27,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from fhirpathpy.models import models
@@ -40,6 +41,9 @@ Functions = Mapping[str, dict[str, Any]]
 _CHOICE_SUFFIXES = frozenset(
     t[0].upper() + t[1:] for types in models["r4"]["choiceTypePaths"].values() for t in types
 )
+# Element names that are a choice (`value[x]`) somewhere in R4: only these can stand for a
+# `valueQuantity` key, so a missing element of another name needs no scan of the keys.
+_CHOICE_NAMES = frozenset(path.rsplit(".", 1)[-1] for path in models["r4"]["choiceTypePaths"])
 _DATE = re.compile(r"^\d{4}(-\d{2}(-\d{2})?)?$")
 _DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?$")
 _UNITS = {
@@ -92,7 +96,7 @@ def _children(items: list[Any], name: str) -> list[Any]:
             continue
         if name in item:
             value = item[name]
-        elif name[:1].islower():
+        elif name in _CHOICE_NAMES:
             value = next(
                 (
                     v
@@ -135,12 +139,17 @@ def _plain(value: Any) -> Any:
     return value
 
 
+@lru_cache(maxsize=4096)
 def _looks_temporal(value: str) -> bool:
+    """Cached: the same codes (`active`, `booked`) are compared for every resource."""
     return bool(_DATE.match(value) or _DATETIME.match(value))
 
 
+@lru_cache(maxsize=4096)
 def _instant(value: Any) -> datetime:
-    """A full dateTime with seconds and a zone, as an aware datetime; else Fallback."""
+    """A full dateTime with seconds and a zone, as an aware datetime; else Fallback.
+
+    Cached: `%now` and its shifts are compared with every resource of a page."""
     if not isinstance(value, str) or not _DATETIME.match(value) or value.count(":") < 2:
         raise Fallback
     if not (value.endswith("Z") or re.search(r"[+-]\d{2}:\d{2}$", value)):
@@ -164,7 +173,9 @@ def _compare(left: Any, right: Any) -> int:
     raise Fallback
 
 
+@lru_cache(maxsize=1024)
 def _shift(value: Any, qty: Quantity, sign: int) -> str:
+    """`value` plus or minus `qty` (cached: mostly `%now + 7 days` and the like)."""
     amount = qty.value * sign
     if isinstance(value, str) and _DATE.match(value) and len(value) == 10:
         if qty.unit in ("hours", "minutes", "seconds"):
@@ -258,9 +269,10 @@ class _Compiler:
         def constant(focus: list[Any], root: Any, env: Env) -> list[Any]:
             if name == "context":
                 return [root]
-            if name not in env:
-                raise Fallback
-            value = env[name]
+            try:
+                value = env[name]  # a lazy env computes a rule's name here, on first use
+            except KeyError:
+                raise Fallback from None
             return list(value) if isinstance(value, list) else [value]
 
         return constant
@@ -414,6 +426,8 @@ class _Compiler:
                 return []
             x, y = _singleton(a), _singleton(b)
             if isinstance(y, Quantity):
+                if not isinstance(x, str):
+                    raise Fallback  # (and keeps unhashable values out of _shift's cache)
                 return [_shift(x, y, 1 if op == "+" else -1)]
             if op == "+" and isinstance(x, str) and isinstance(y, str):
                 return [x + y]

@@ -325,15 +325,15 @@ async def _sync_type(
 
 def _unseen(store: Store, source: str, resources: list[dict[str, object]]) -> list[str]:
     """Ids of the page's Patients not in the store yet."""
-    ids = [r["id"] for r in resources if isinstance(r.get("id"), str)]
-    return [
-        i for i in ids if isinstance(i, str) and store.get_resource(source, "Patient", i) is None
-    ]
+    ids = [i for r in resources if isinstance(i := r.get("id"), str)]
+    known = store.resource_hashes(source, "Patient", ids)  # one read for the page
+    return [i for i in ids if i not in known]
 
 
 def _stored(store: Store, source: str, ids: list[str]) -> list[str]:
     """Those of `ids` whose Patient is now stored (not quarantined)."""
-    return [i for i in ids if store.get_resource(source, "Patient", i) is not None]
+    known = store.resource_hashes(source, "Patient", ids)
+    return [i for i in ids if i in known]
 
 
 def _page_done(
@@ -459,6 +459,18 @@ async def _first_load(source: SourceConfig, ingestor: Ingestor) -> bool:
         if await asyncio.to_thread(store.get_cursor, source.name, resource_type) is not None:
             return False
     return True
+
+
+async def pull_for_patients(
+    source: SourceConfig, client: FhirClient, ingestor: Ingestor, patient_ids: list[str]
+) -> SourceReport:
+    """`sync_source`'s pull of newly seen patients' resources, for callers that sync one
+    (source, type) at a time (`worker.py`); a report per configured type searched by patient.
+    """
+    report = SourceReport(source.name, [TypeReport(t) for t in source.resource_types])
+    with structlog.contextvars.bound_contextvars(job_id=new_job_id(), source=source.name):
+        await _pull_for_patients(source, client, ingestor, patient_ids, report)
+    return report
 
 
 async def _pull_for_patients(

@@ -20,10 +20,13 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from fhir_bridge.logging import get_logger
 from fhir_bridge.mapping.engine import CompiledRule, RuleSet
 from fhir_bridge.patients.refs import patient_reference
-from fhir_bridge.store.base import QuarantineEntry, Store
+from fhir_bridge.store.base import QuarantineEntry, Store, TaskUpsert
+from fhir_bridge.tasks.model import Task, TaskDraft
 from fhir_bridge.tasks.service import TaskService
 from fhir_bridge.validate.parse import Issue, validate_resource
 from fhir_bridge.validate.profiles import ProfileSet
@@ -48,8 +51,23 @@ def content_hash(resource: dict[str, Any]) -> str:
     if isinstance(meta, dict) and ("versionId" in meta or "lastUpdated" in meta):
         meta = {k: v for k, v in meta.items() if k not in ("versionId", "lastUpdated")}
         resource = {**resource, "meta": meta}
-    canonical = json.dumps(resource, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return hashlib.sha256(canonical_json(resource)).hexdigest()
+
+
+def canonical_json(value: Any) -> bytes:
+    """Sorted-key compact UTF-8 JSON of `value`, the text `content_hash` hashes.
+
+    orjson writes it several times faster than `json`, and byte for byte the same as
+    `json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)`, which earlier
+    versions hashed, except for floats in exponent form (`1e-07` there, `1e-7` here): such a
+    resource, rare in FHIR, has its rules run once more after an upgrade. What orjson refuses
+    (integers beyond 64 bits, lone surrogates) goes through `json`.
+    """
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except (orjson.JSONEncodeError, TypeError):
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return text.encode("utf-8", "surrogatepass")
 
 
 _COUNTERS = (
@@ -104,17 +122,126 @@ def parse_instant(value: str) -> datetime:
 
 
 class StoreLookup:
-    """`mapping.Lookup` over the store: a patient's resources from one source."""
+    """`mapping.Lookup` over the store: a patient's resources from one source.
+
+    Kept for one page: rules of many resources ask for the same patient's resources (every
+    family rule of every Appointment reads the Patient, RelatedPersons and Consents), so each
+    (type, patient) is read once, until the page stores a resource of that type.
+    """
 
     def __init__(self, store: Store, source: str) -> None:
         self.store = store
         self.source = source
+        self._cache: dict[str, dict[str, list[dict[str, Any]]]] = {}
 
     def for_patient(self, resource_type: str, patient: str) -> list[dict[str, Any]]:
         """The patient's stored resources of `resource_type`."""
-        return [
-            r.body for r in self.store.resources_for_patient(self.source, patient, resource_type)
+        by_patient = self._cache.setdefault(resource_type, {})
+        found = by_patient.get(patient)
+        if found is None:
+            found = by_patient[patient] = [
+                r.body
+                for r in self.store.resources_for_patient(self.source, patient, resource_type)
+            ]
+        return found
+
+    def forget(self, resource_type: str) -> None:
+        """A resource of `resource_type` was stored: read that type again when asked (every
+        patient's: the resource may have moved from another patient)."""
+        self._cache.pop(resource_type, None)
+
+
+class _PageTasks:
+    """The tasks one page asks about, read before its rules run.
+
+    On a first load nearly every evaluation asks for a task that does not exist. So the store
+    is asked once which rules have any task on the page's type at all (none, on a first load:
+    then no id is even computed), and, for the rules that do, which of the page's task ids
+    exist. A task found is read again when asked for, so a coordinator's change made
+    meanwhile is seen as before. New tasks are written together when the page ends (or
+    before one of them is read again); refreshes and closes are written as they happen.
+    """
+
+    def __init__(self, store: Store, now: datetime) -> None:
+        self.store = store
+        self.now = now
+        self._pending: dict[str, TaskDraft] = {}  # new tasks, written together (`flush`)
+        self._outcomes: list[TaskUpsert] = []  # of the pending tasks written so far
+        self._absent: set[str] = set()  # task ids known not to exist
+        self._ids: dict[tuple[str, str], str] = {}  # (rule id, resource id) -> task id
+        # Rules without a task on the page's source and type: only the page's own exist.
+        self._taskless: dict[str, set[str]] = {}  # rule id -> focus ids of the page's tasks
+
+    def task_id(self, rule: CompiledRule, source: str, resource: dict[str, Any]) -> str:
+        """`rule.task_id`, computed once per page (a hash)."""
+        key = (rule.id, str(resource.get("id")))
+        found = self._ids.get(key)
+        if found is None:
+            found = self._ids[key] = rule.task_id(source, resource)
+        return found
+
+    def prefetch(
+        self, source: str, resource_type: str, rules: list[CompiledRule], page: list[Any]
+    ) -> None:
+        """Learn which tasks of `rules` on the page's resources of `resource_type` exist."""
+        with_tasks = self.store.rules_with_tasks(source, resource_type, [r.id for r in rules])
+        for rule in rules:
+            if rule.id not in with_tasks:
+                self._taskless.setdefault(rule.id, set())
+        ids = [
+            self.task_id(rule, source, resource)
+            for rule in rules
+            if rule.id in with_tasks
+            for resource in page
         ]
+        found = self.store.get_tasks(ids)
+        self._absent.update(i for i in ids if i not in found)
+
+    def get(self, rule: CompiledRule, source: str, resource: dict[str, Any]) -> Task | None:
+        """The task of `rule` for `resource`, or None (without a store read when the page
+        knows there is none)."""
+        created = self._taskless.get(rule.id)
+        if created is not None and str(resource.get("id")) not in created:
+            return None
+        task_id = self.task_id(rule, source, resource)
+        if task_id in self._pending:
+            self.flush()
+        elif task_id in self._absent:
+            return None
+        return self.store.get_task(task_id)
+
+    def create(self, rule: CompiledRule, draft: TaskDraft) -> None:
+        """Create the task of `draft`, which `get` just found absent, with the page's others:
+        a first load's tasks go to the store in one batch (`settle`, when the page ends; `get`
+        of a pending task writes the batch first)."""
+        self._pending[draft.id] = draft
+        self.upserted(rule, draft)
+
+    def flush(self) -> None:
+        """Write the pending new tasks."""
+        if self._pending:
+            drafts = list(self._pending.values())
+            self._pending.clear()
+            self._outcomes.extend(self.store.upsert_tasks(drafts, self.now))
+
+    def settle(self, result: IngestResult) -> None:
+        """Write the pending new tasks and count what the writes did."""
+        self.flush()
+        for outcome in self._outcomes:
+            if outcome.created:
+                result.tasks_created += 1
+                rule_id = outcome.task.rule_id
+                result.tasks_by_rule[rule_id] = result.tasks_by_rule.get(rule_id, 0) + 1
+            elif outcome.updated:
+                result.tasks_updated += 1
+        self._outcomes.clear()
+
+    def upserted(self, rule: CompiledRule, draft: TaskDraft) -> None:
+        """The page created or refreshed the task of `draft`."""
+        self._absent.discard(draft.id)
+        created = self._taskless.get(rule.id)
+        if created is not None:
+            created.add(draft.focus_id)
 
 
 @dataclass(frozen=True)
@@ -193,18 +320,87 @@ class Ingestor:
         """
         result = IngestResult()
         now = self.clock()
+        page = resources if isinstance(resources, list) else list(resources)
         lookup = StoreLookup(self.store, source)
+        tasks = _PageTasks(self.store, now)
         # (rule id, patient) pairs whose `related` resources changed in this page; evaluated
         # once each after the page, however many of the patient's resources arrived.
         dependents: dict[tuple[str, str], CompiledRule] = {}
         with self.store.batch():
-            for resource in resources:
+            self._prefetch(source, page, tasks)
+            known = None if initial else self._known(source, page)
+            admitted: list[tuple[int, dict[str, Any]]] = []
+            hashes: list[str] = []
+            quarantined: dict[tuple[str, str], int] = {}  # (type, id) -> its last position
+            for position, resource in enumerate(page):
                 result.received += 1
-                self._one(source, resource, expected_type, now, lookup, initial, result, dependents)
+                if self._admit(source, resource, expected_type, now, result):
+                    admitted.append((position, resource))
+                    hashes.append(content_hash(resource))  # while the resource is in cache
+                elif isinstance(resource, dict):
+                    quarantined[(str(resource.get("resourceType")), str(resource.get("id")))] = (
+                        position
+                    )
+            # One batch of writes for the page's resources, then their rules: a rule that
+            # reads other resources sees the whole page stored (and `dependents` below
+            # re-evaluates the rules that read this page's types, as before).
+            written = self.store.put_resources(
+                source, [(r, h) for (_, r), h in zip(admitted, hashes, strict=True)]
+            )
+            stored = [(p, r) for (p, r), w in zip(admitted, written, strict=True) if w]
+            result.stored += len(stored)
+            result.unchanged += len(admitted) - len(stored)
+            self.store.release_quarantines(
+                source,
+                [  # not one the page quarantined again after this valid copy
+                    key
+                    for position, r in stored
+                    if quarantined.get(key := (r["resourceType"], r["id"]), -1) < position
+                ],
+            )
+            for rtype in {r["resourceType"] for _, r in stored}:
+                lookup.forget(rtype)
+            for _, resource in stored:
+                self._map(source, resource, now, lookup, known, tasks, result, dependents)
             for (_, patient), rule in dependents.items():
-                for other in self.store.resources_for_patient(source, patient, rule.resource_type):
-                    self._apply(rule, source, other.body, now, lookup, result, focus_changed=False)
+                # Through the page's lookup: rules of one type share the patient's read.
+                for other in lookup.for_patient(rule.resource_type, patient):
+                    self._apply(
+                        rule, source, other, now, lookup, tasks, result, focus_changed=False
+                    )
+            tasks.settle(result)
         return result
+
+    def _prefetch(self, source: str, page: list[Any], tasks: _PageTasks) -> None:
+        """Read, per type, which tasks the rules of the page's resources already have."""
+        by_type: dict[str, list[dict[str, Any]]] = {}
+        for resource in page:
+            if isinstance(resource, dict) and isinstance(resource.get("id"), str):
+                rtype = resource.get("resourceType")
+                if isinstance(rtype, str) and self.rules.for_type(rtype):
+                    by_type.setdefault(rtype, []).append(resource)
+        for rtype, resources in by_type.items():
+            tasks.prefetch(source, rtype, self.rules.for_type(rtype), resources)
+
+    def _known(self, source: str, page: list[Any]) -> set[tuple[str, str]] | None:
+        """(type, id) of the page's resources already stored, where a `trigger: new` rule
+        needs to know; None when no rule of the page's types asks."""
+        wanted: dict[str, list[str]] = {}
+        for resource in page:
+            if isinstance(resource, dict) and isinstance(resource.get("id"), str):
+                rtype = resource.get("resourceType")
+                if isinstance(rtype, str) and self._watch_new(rtype):
+                    wanted.setdefault(rtype, []).append(resource["id"])
+        if not wanted:
+            return None
+        return {
+            (rtype, rid)
+            for rtype, ids in wanted.items()
+            for rid in self.store.resource_hashes(source, rtype, ids)
+        }
+
+    def _watch_new(self, rtype: str) -> bool:
+        return any(r.rule.trigger == "new" for r in self.rules.for_type(rtype))
 
     def reevaluate(self, source: str | None = None) -> IngestResult:
         """Run every rule again over every stored resource (time moves conditions on:
@@ -214,23 +410,47 @@ class Ingestor:
         for rtype in sorted(self.rules.resource_types):
             for stored in self.store.iter_resources(rtype, source):
                 lookup = StoreLookup(self.store, stored.source)
+                tasks = _PageTasks(self.store, now)  # no prefetch: every read goes to the store
                 for rule in self.rules.for_type(rtype):
                     self._apply(
-                        rule, stored.source, stored.body, now, lookup, result, focus_changed=False
+                        rule,
+                        stored.source,
+                        stored.body,
+                        now,
+                        lookup,
+                        tasks,
+                        result,
+                        focus_changed=False,
                     )
+                tasks.settle(result)
         return result
 
-    def _one(
+    def reevaluate_patient(self, source: str, patient: str) -> IngestResult:
+        """Run every rule again over one patient's resources of `source`, at once: for a
+        decision no FHIR resource carries that rules read (a coordinator's family-sharing
+        flag), instead of waiting for the next sweep."""
+        result = IngestResult()
+        now = self.clock()
+        lookup = StoreLookup(self.store, source)
+        tasks = _PageTasks(self.store, now)  # no prefetch: every read goes to the store
+        for rtype in sorted(self.rules.resource_types):
+            for resource in lookup.for_patient(rtype, patient):
+                for rule in self.rules.for_type(rtype):
+                    self._apply(
+                        rule, source, resource, now, lookup, tasks, result, focus_changed=False
+                    )
+        tasks.settle(result)
+        return result
+
+    def _admit(
         self,
         source: str,
         resource: Any,
         expected_type: str | None,
         now: datetime,
-        lookup: StoreLookup,
-        initial: bool,
         result: IngestResult,
-        dependents: dict[tuple[str, str], CompiledRule],
-    ) -> None:
+    ) -> bool:
+        """True when `resource` may be stored; else it is quarantined with its issues."""
         issues = self.check(source, resource, expected_type)
         if isinstance(resource, dict):
             last_updated = (resource.get("meta") or {}).get("lastUpdated")
@@ -242,21 +462,34 @@ class Ingestor:
         if issues:
             result.quarantined += 1
             self._quarantine(source, resource, expected_type, issues, now)
-            return
+            return False
+        return True
+
+    def _map(
+        self,
+        source: str,
+        resource: dict[str, Any],
+        now: datetime,
+        lookup: StoreLookup,
+        known: set[tuple[str, str]] | None,
+        tasks: _PageTasks,
+        result: IngestResult,
+        dependents: dict[tuple[str, str], CompiledRule],
+    ) -> None:
+        """Run the rules of a resource just stored (new, or its content changed).
+
+        :param known: the page's resources stored before the page (None: the initial load,
+            or no `trigger: new` rule of the type); a resource first seen is added.
+        """
         rtype, rid = resource["resourceType"], resource["id"]
-        rules = self.rules.for_type(rtype)
-        watch_new = any(r.rule.trigger == "new" for r in rules)
-        is_new = watch_new and self.store.get_resource(source, rtype, rid) is None
-        if not self.store.put_resource(source, resource, content_hash(resource)):
-            result.unchanged += 1
-            return
-        result.stored += 1
-        self.store.release_quarantine(source, rtype, rid)
-        for rule in rules:
-            if rule.rule.trigger == "new" and (initial or not is_new):
-                if self.store.get_task(rule.task_id(source, resource)) is None:
+        is_new = known is not None and (rtype, rid) not in known
+        if known is not None:
+            known.add((rtype, rid))
+        for rule in self.rules.for_type(rtype):
+            if rule.rule.trigger == "new" and (known is None or not is_new):
+                if tasks.get(rule, source, resource) is None:
                     continue  # only a resource first seen after the initial load opens one
-            self._apply(rule, source, resource, now, lookup, result, focus_changed=True)
+            self._apply(rule, source, resource, now, lookup, tasks, result, focus_changed=True)
         patient = patient_reference(resource)
         if patient:
             for rule in self.rules.dependents(rtype):
@@ -269,20 +502,26 @@ class Ingestor:
         resource: dict[str, Any],
         now: datetime,
         lookup: StoreLookup,
+        tasks: _PageTasks,
         result: IngestResult,
         *,
         focus_changed: bool,
     ) -> None:
         if not focus_changed and rule.rule.trigger == "new":
-            if self.store.get_task(rule.task_id(source, resource)) is None:
+            if tasks.get(rule, source, resource) is None:
                 return  # a re-evaluation never makes a resource "new"
+        if rule.guard.fails(resource) is not None:
+            # `when` cannot hold (the guard reads a value it does not allow): only an active
+            # task could need closing, and most resources have none.
+            if tasks.get(rule, source, resource) is None:
+                return
         ev = rule.evaluate(resource, source, now, lookup)
         if ev.error:
             self._rule_failed(rule, resource, ev.error, result)
             return
         if ev.draft is not None:
             draft = ev.draft
-            existing = self.store.get_task(draft.id)
+            existing = tasks.get(rule, source, resource)
             if existing is not None and not existing.is_active:
                 if not (rule.rule.reopen_on_change and focus_changed):
                     return  # a closed task stays closed until its resource changes again
@@ -292,14 +531,18 @@ class Ingestor:
                 # Re-evaluation (a sweep, a related resource) must not move the due date of
                 # `%now + 7 days` forward each time: it was set when the resource changed.
                 draft = replace(draft, due=existing.due)
+            if existing is None:
+                tasks.create(rule, draft)  # counted when written (`settle`)
+                return
             outcome = self.store.upsert_task(draft, now)
+            tasks.upserted(rule, draft)
             if outcome.created:
                 result.tasks_created += 1
                 result.tasks_by_rule[rule.id] = result.tasks_by_rule.get(rule.id, 0) + 1
             elif outcome.updated:
                 result.tasks_updated += 1
         else:
-            existing = self.store.get_task(rule.task_id(source, resource))
+            existing = tasks.get(rule, source, resource)
             if existing is None or not existing.is_active:
                 return  # close cases are only worth evaluating for an active task
             case = rule.close_case(ev)

@@ -170,13 +170,24 @@ def _count(obj: dict[str, Any], keys: list[str]) -> int:
 
 def _matches(pattern: Any, value: Any) -> bool:
     """FHIR pattern semantics: every part of the pattern is in the value (lists: any item)."""
+    # Loops rather than all()/any() over generators: this runs for every coding of every
+    # element a profile gives a pattern, and generators cost more than the comparisons.
     if isinstance(pattern, dict):
-        return isinstance(value, dict) and all(
-            k in value and _matches(v, value[k]) for k, v in pattern.items()
-        )
+        if not isinstance(value, dict):
+            return False
+        for k, v in pattern.items():
+            if k not in value or not _matches(v, value[k]):
+                return False
+        return True
     if isinstance(pattern, list):
         items = value if isinstance(value, list) else [value]
-        return all(any(_matches(p, v) for v in items) for p in pattern)
+        for p in pattern:
+            for v in items:
+                if _matches(p, v):
+                    break
+            else:
+                return False
+        return True
     return bool(pattern == value)
 
 
@@ -214,6 +225,16 @@ class _Tree:
     counted: list[_Rule] = field(default_factory=list)  # on how often the element occurs
     valued: list[_Rule] = field(default_factory=list)  # on each of its values
     below: dict[str, _Tree] = field(default_factory=dict)
+    # Summaries `_settle` fills in once the tree is planted: the walk asks them first and
+    # runs the full checks (which word the issues) only where something may be wrong.
+    subs: tuple[_Tree, ...] = ()
+    ext: str = ""  # the `_name` key of a primitive's extension
+    low: int = 0  # the largest min of `counted`
+    high: int | None = None  # the smallest max of `counted`
+    must: bool = False  # some counted rule marks the element mustSupport
+    typed: bool = False  # some counted rule limits the types of a choice
+    codes: frozenset[str] | None = None  # every valued rule is a binding: codes that pass
+    leaf: frozenset[str] | None = None  # `codes` of a node without elements below
 
 
 def _plant(rules: Iterable[_Rule]) -> _Tree:
@@ -228,7 +249,27 @@ def _plant(rules: Iterable[_Rule]) -> _Tree:
             node.counted.append(rule)
         if rule.values:
             node.valued.append(rule)
+    _settle(root)
     return root
+
+
+def _settle(tree: _Tree) -> None:
+    tree.subs = tuple(tree.below.values())
+    tree.ext = f"_{tree.name}"
+    tree.low = max((r.min for r in tree.counted), default=0)
+    highs = [r.max for r in tree.counted if r.max is not None]
+    tree.high = min(highs) if highs else None
+    tree.must = any(r.must_support for r in tree.counted)
+    tree.typed = any(r.types for r in tree.counted)
+    bindings = [r.value_set for r in tree.valued]
+    if bindings and all(
+        vs is not None and r.fixed is _UNSET and r.pattern is _UNSET
+        for r, vs in zip(tree.valued, bindings, strict=True)
+    ):
+        tree.codes = frozenset.intersection(*(vs.codes for vs in bindings if vs is not None))
+    tree.leaf = tree.codes if not tree.below else None
+    for sub in tree.subs:
+        _settle(sub)
 
 
 def _run(rtype: str, resource: dict[str, Any], plan: _Tree) -> list[Issue]:
@@ -248,24 +289,56 @@ def _run(rtype: str, resource: dict[str, Any], plan: _Tree) -> list[Issue]:
 
 
 def _walk(tree: _Tree, expr: str, obj: dict[str, Any], issues: list[Issue]) -> None:
-    for sub in tree.below.values():
-        keys = _keys(obj, sub.name, sub.choice)
-        if sub.counted:
-            _check_counts(sub.counted, sub.name, expr, obj, keys, issues)
+    for sub in tree.subs:
+        name = sub.name
+        if sub.choice:
+            n = len(name)
+            keys = [k for k in obj if k.startswith(name) and k[n : n + 1].isupper()]
+            if sub.counted:
+                _check_counts(sub.counted, name, expr, obj, keys, issues)
+        else:
+            value = obj.get(name)
+            if sub.counted:
+                # The usual case settled here: present within bounds, nothing else asked.
+                count = max(_size(value), _size(obj.get(sub.ext)))
+                if (
+                    count < sub.low
+                    or (count == 0 and sub.must)
+                    or (sub.high is not None and count > sub.high)
+                    or sub.typed
+                ):
+                    keys = [name] if name in obj or sub.ext in obj else []
+                    _check_counts(sub.counted, name, expr, obj, keys, issues)
+            if value is None:
+                continue
+            keys = [name]
+        leaf = sub.leaf  # a bound code in the value set settles a leaf without a call
         for k in keys:
             value = obj.get(k)
             if isinstance(value, list):
                 for i, item in enumerate(value):
-                    if item is not None:
-                        _visit(sub, f"{expr}.{k}[{i}]", item, issues)
+                    if item is not None and not (
+                        leaf is not None and isinstance(item, str) and item in leaf
+                    ):
+                        _visit(sub, expr, k, i, item, issues)
             elif value is not None:
-                _visit(sub, f"{expr}.{k}", value, issues)
+                if not (leaf is not None and isinstance(value, str) and value in leaf):
+                    _visit(sub, expr, k, None, value, issues)
 
 
-def _visit(tree: _Tree, expr: str, value: Any, issues: list[Issue]) -> None:
-    for rule in tree.valued:
-        _check_value(rule, expr, value, issues)
-    if tree.below and isinstance(value, dict):
+def _visit(
+    tree: _Tree, parent: str, key: str, index: int | None, value: Any, issues: list[Issue]
+) -> None:
+    """Check one value of element `key` below `parent` (the expression is worded only when
+    an issue needs it, or the walk goes deeper)."""
+    if tree.valued and not (
+        tree.codes is not None and isinstance(value, str) and value in tree.codes
+    ):
+        expr = f"{parent}.{key}" if index is None else f"{parent}.{key}[{index}]"
+        for rule in tree.valued:
+            _check_value(rule, expr, value, issues)
+    if tree.subs and isinstance(value, dict):
+        expr = f"{parent}.{key}" if index is None else f"{parent}.{key}[{index}]"
         _walk(tree, expr, value, issues)
 
 

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := all
-.PHONY: all install demo test test-unit lint format mypy bench sekmet clean
+.PHONY: all install demo test test-unit lint format mypy bench bench-api sekmet clean
 
 all: lint test
 
@@ -44,6 +44,10 @@ mypy: install
 
 bench: install  ## every benchmark: one table of figures and ratios (JSON in bench/results), asserts nothing
 	$(BIN)/python bench/run.py --compare last
+
+bench-api: install  ## API p50/p99 with 100k tasks under 50 clients, SQLite and Redis (needs wrk; ~15 min)
+	@command -v wrk >/dev/null || { echo "bench-api needs wrk: apt-get install wrk"; exit 1; }
+	$(BIN)/python bench/api_load.py
 
 clean:
 	rm -rf $(VENV) .fhirpeer var .pytest_cache .mypy_cache .ruff_cache bench/results build dist

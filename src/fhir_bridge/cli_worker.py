@@ -21,6 +21,7 @@ from fhir_bridge.runtime import Bridge
 from fhir_bridge.store.leases import lease_manager
 from fhir_bridge.store.migrate import migrate as migrate_store
 from fhir_bridge.store.redis import RedisStore, _safe_url
+from fhir_bridge.store.redis_url import parse_redis_url
 from fhir_bridge.store.sqlite import SqliteStore
 from fhir_bridge.worker import ROLES, Role, Worker, WorkerOptions, open_with_retry
 
@@ -49,7 +50,13 @@ def _sqlite_path(value: str) -> Path:
 @worker_app.command("migrate")
 def migrate(
     from_: Annotated[str, typer.Option("--from", help="the embedded store to copy: sqlite:PATH")],
-    to: Annotated[str, typer.Option("--to", help="the Redis to copy into: redis://HOST:PORT/DB")],
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to",
+            help="the Redis to copy into: redis://HOST:PORT/DB (or rediss, sentinel, cluster)",
+        ),
+    ],
     prefix: Annotated[
         str, typer.Option("--prefix", help="key prefix of the installation in Redis")
     ] = "fhir-bridge",
@@ -58,10 +65,12 @@ def migrate(
     ] = False,
 ) -> None:
     """Move an embedded (SQLite) installation to Redis: resources, cursors, quarantine, tasks
-    with their history, and the outbox. Stop the bridge first."""
+    with their history, the outbox, the audit trail and link decisions. Stop the bridge first."""
     path = _sqlite_path(from_)
-    if not to.startswith(("redis://", "rediss://", "unix://")):
-        raise _fail(f"--to must be a redis://, rediss:// or unix:// URL, not {_safe_url(to)!r}")
+    try:
+        parse_redis_url(to)  # plain, TLS, unix, Sentinel or Cluster
+    except ValueError as exc:
+        raise _fail(f"--to: {exc}") from None
     try:
         source = SqliteStore(path)
     except StoreError as exc:

@@ -42,9 +42,13 @@ DEFAULT_RESOURCE_TYPES = (
     "MedicationStatement",
     "CoverageEligibilityRequest",
     "Coverage",
+    "RelatedPerson",  # family contacts, and the Consents saying they may be told (issue 9)
+    "Consent",
 )
 
-_SECRET_KEYS = frozenset({"token", "password", "secret", "client_secret", "private_key"})
+_SECRET_KEYS = frozenset(
+    {"token", "password", "secret", "client_secret", "private_key", "redis_url"}
+)
 
 
 class _Strict(BaseModel):
@@ -337,9 +341,26 @@ class StorageConfig(_Strict):
     engine: Literal["sqlite", "redis"] = "sqlite"
     path: Path = Path("../var/fhir-bridge.db")
     redis_url: str = Field(
-        default="redis://127.0.0.1:6379/0", description="redis://, rediss:// (TLS) or unix://"
+        default="redis://127.0.0.1:6379/0",
+        description="redis://, rediss:// (TLS), unix://, "
+        "redis+sentinel://[:password@]host:port[,host:port]/service[/db] or "
+        "redis+cluster://host:port[,host:port]",
     )
     key_prefix: str = Field(default="fhir-bridge", pattern=r"^[A-Za-z0-9:_.-]{1,64}$")
+    outbox_visibility_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="Redis: seconds an outbox entry a write-back worker took stays its own "
+        "without an acknowledgement before another worker takes it over (XAUTOCLAIM)",
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        from fhir_bridge.store.redis_url import parse_redis_url  # late: store imports config
+
+        parse_redis_url(value)  # ValueError names the problem, never the password
+        return value
 
 
 Role = Literal["coordinator", "integration-engineer", "admin"]
@@ -408,6 +429,10 @@ class ApiConfig(_Strict):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
+    # Who the web UI acts as when auth is off (the demo): GET /me answers it.
+    demo_user: str = Field(
+        default="demo-coordinator", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.@-]+$"
+    )
 
 
 class WritebackConfig(_Strict):

@@ -1,17 +1,21 @@
 """Workers: `fhir-bridge worker --role sync|writeback|all`, any number of them, on any machine.
 
-Sync work is split per (source, resource type). A worker syncs a pair only while it holds the
-pair's lease (`store/leases.py`); the lease is renewed while the sync runs, so a worker that
-dies (kill -9, lost machine) lets it expire and another worker takes the pair over after
-`lease_ttl` seconds, resuming from the cursor. The cursor write is fenced
-(`Store.set_cursor_fenced`): a stalled worker whose lease passed on cannot move it. After a
-run the lease is kept until the pair's next poll is due, so the poll schedule is shared by
-every worker instead of each worker polling on its own.
+Sync work is split per (source, resource type), each searched the way the source allows
+(`sync/strategy.py`: `_lastUpdated`, created date or full, from `/metadata` once per process).
+A worker syncs a pair only while it holds the pair's lease (`store/leases.py`); the lease is
+renewed while the sync runs, so a worker that dies (kill -9, lost machine) lets it expire and
+another worker takes the pair over after `lease_ttl` seconds, resuming from the cursor. The
+cursor write is fenced (`Store.set_cursor_fenced`): a stalled worker whose lease passed on
+cannot move it. After a run the lease is kept until the pair's next poll is due, so the poll
+schedule is shared by every worker instead of each worker polling on its own. Patients first
+seen by the Patient pair have their resources fetched by patient, as `sync_source` does.
 
-Write-back takes a lease per task before delivering the task's due outbox entry and re-reads
-the entry under the lease, so two workers never deliver the same entry at the same time. A
-worker killed mid-delivery leaves the entry pending; once the lease expires another worker
-sends it again, and the writes are idempotent (conditional create on a derived identifier,
+Write-back claims outbox entries through the store (`Store.claim_outbox`): on Redis a Stream
+consumer group (`store/keys.py`, group `writeback`, the consumer named after the worker's
+owner), so each announced entry goes to one worker, and only a task's head entry is announced,
+so a task's writes stay in order. A worker killed mid-delivery leaves its claims pending;
+after `storage.outbox_visibility_timeout` seconds another worker takes them over (XAUTOCLAIM)
+and sends them again. The writes are idempotent (conditional create on a derived identifier,
 `If-Match` on the mirror Task, Provenance created once per entry by tag).
 
 When the store is unreachable the worker reports not-ready (`worker_not_ready` log lines,
@@ -39,9 +43,15 @@ from fhir_bridge.logging import get_logger
 from fhir_bridge.runtime import Bridge
 from fhir_bridge.store.base import Lease, Store
 from fhir_bridge.store.leases import LeaseLost, LeaseManager
-from fhir_bridge.sync.engine import TypeReport, dependency_order, new_job_id, sync_type
-from fhir_bridge.tasks.model import OutboxEntry, OutboxStatus
-from fhir_bridge.writeback.delivery import Delivery, DeliveryStats
+from fhir_bridge.sync.engine import (
+    TypeReport,
+    dependency_order,
+    new_job_id,
+    pull_for_patients,
+    sync_type,
+)
+from fhir_bridge.sync.strategy import INCREMENTAL, TypePlan
+from fhir_bridge.writeback.delivery import Delivery
 
 log = get_logger("worker")
 
@@ -53,9 +63,10 @@ ROLES: tuple[Role, ...] = ("sync", "writeback", "all")
 class WorkerOptions:
     """How a worker paces itself."""
 
-    lease_ttl: float = 30.0  # a dead worker's work is taken over after this many seconds
+    lease_ttl: float = 30.0  # a dead worker's sync work is taken over after this many seconds
     max_backoff: float = 30.0  # longest wait between attempts while the store is unreachable
     tick: float = 1.0  # how often due pairs are looked for
+    outbox_batch: int = 16  # outbox entries claimed per scan (a full batch: scan again at once)
 
 
 class _FencedStore:
@@ -94,53 +105,18 @@ async def _renew_while(
 
 
 class LeasedDelivery(Delivery):
-    """Outbox delivery that takes a lease per task before sending its due entry."""
+    """Outbox delivery as a worker does it: claims made in the lease owner's name.
 
-    def __init__(self, *args: Any, leases: LeaseManager, lease_ttl: float, **kwargs: Any) -> None:
+    Kept for callers of the per-task lease version; the store's claims (a consumer group on
+    Redis) now keep two workers from delivering one entry, so `lease_ttl` is not used.
+    """
+
+    def __init__(
+        self, *args: Any, leases: LeaseManager, lease_ttl: float = 30.0, **kwargs: Any
+    ) -> None:
+        kwargs.setdefault("consumer", leases.owner)
         super().__init__(*args, **kwargs)
         self.leases = leases
-        self.lease_ttl = lease_ttl
-
-    async def deliver_due(self) -> DeliveryStats:
-        """Deliver every due entry this worker can lease; skip the ones leased elsewhere."""
-        entries = await asyncio.to_thread(self.store.due_outbox, self.clock())
-        stats = DeliveryStats()
-        gate = asyncio.Semaphore(4)
-
-        async def one(entry: OutboxEntry) -> None:
-            async with gate:
-                await self._leased(entry, stats)
-
-        await asyncio.gather(*(one(e) for e in entries))
-        return stats
-
-    async def _leased(self, entry: OutboxEntry, stats: DeliveryStats) -> None:
-        lease = await asyncio.to_thread(
-            self.leases.acquire, f"outbox:{entry.task_id}", self.lease_ttl
-        )
-        if lease is None:
-            return  # another worker is delivering this task's entry
-        try:
-            # Re-read under the lease: another worker may have sent it since we listed it.
-            current = await asyncio.to_thread(self.store.get_outbox, entry.id)
-            if (
-                current is None
-                or current.status is not OutboxStatus.PENDING
-                or current.attempts != entry.attempts
-                or current.next_attempt_at > self.clock()
-            ):
-                return
-            work = asyncio.ensure_future(self._deliver(current, stats))
-            renew = asyncio.create_task(_renew_while(self.leases, lease, self.lease_ttl, work))
-            try:
-                # A lost lease cannot un-send a write: let the delivery finish (its writes are
-                # idempotent), only stop renewing.
-                await asyncio.shield(work)
-            finally:
-                renew.cancel()
-        finally:
-            with contextlib.suppress(StoreError):
-                await asyncio.to_thread(self.leases.release, lease)
 
 
 class Worker:
@@ -195,8 +171,11 @@ class Worker:
             return None
         ingestor = copy.copy(self.bridge.ingestor)
         ingestor.store = cast(Store, _FencedStore(self.bridge.store, lease))
+        plan = await self._plan(source, resource_type, client)
         work = asyncio.ensure_future(
-            sync_type(source, resource_type, client, ingestor, metrics=self.bridge.metrics)
+            sync_type(
+                source, resource_type, client, ingestor, metrics=self.bridge.metrics, plan=plan
+            )
         )
         renew = asyncio.create_task(_renew_while(self.leases, lease, ttl, work))
         try:
@@ -213,7 +192,20 @@ class Worker:
             renew.cancel()
         # Keep the pair until its next poll is due: one schedule for every worker.
         await asyncio.to_thread(self.leases.renew, lease, source.poll_interval)
+        if report.new_patients:
+            # Their resources may sit below the other types' cursors: fetch them by patient
+            # (idempotent by content hash; no cursor moves, so no other pair's lease is needed).
+            await pull_for_patients(source, client, self.bridge.ingestor, report.new_patients)
         return report
+
+    async def _plan(self, source: SourceConfig, resource_type: str, client: FhirClient) -> TypePlan:
+        """How this pair finds changes (`sync/strategy.py`); a first load searches everything
+        whatever the plan, so it does not wait for `/metadata`."""
+        stored = await asyncio.to_thread(self.bridge.store.get_cursor, source.name, resource_type)
+        if stored is None and source.sync_strategy == "auto":
+            return INCREMENTAL
+        plans = await self.bridge.strategies.plans(source, client)
+        return plans.get(resource_type, INCREMENTAL)
 
     async def _sync_loop(self, stop: asyncio.Event, clients: dict[str, FhirClient]) -> None:
         due: dict[tuple[str, str], float] = {}
@@ -246,15 +238,15 @@ class Worker:
     # -- write-back ----------------------------------------------------------------------------
     async def _writeback_loop(self, stop: asyncio.Event, clients: dict[str, FhirClient]) -> None:
         b = self.bridge
-        delivery = LeasedDelivery(
+        delivery = Delivery(
             b.store,
             {s.name: clients[s.name] for s in b.settings.sources if s.writeback},
             b.settings.writeback,
             b.clock,
             b.metrics,
-            leases=self.leases,
-            lease_ttl=self.options.lease_ttl,
             policies=b.write_policies(),
+            consumer=self.leases.owner,
+            batch=self.options.outbox_batch,
         )
         while not stop.is_set():
             wait = b.settings.writeback.interval
@@ -262,11 +254,14 @@ class Worker:
                 with bound_contextvars(job_id=new_job_id(), job="outbox"):
                     await delivery.deliver_due()
                 self._ok()
+                if delivery.last_claimed >= delivery.batch:
+                    wait = 0  # more may be waiting
             except StoreError as exc:
                 wait = self._backoff(exc)
             except FhirBridgeError as exc:
                 log.error("outbox_scan_failed", error=type(exc).__name__, message=str(exc))
             await _sleep(stop, wait)
+        await delivery.close()
 
     # -- the whole process -----------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:

@@ -47,7 +47,7 @@ def two_source_bridge(good_url: str, flaky_url: str, tmp_path: Path) -> Bridge:
             SourceConfig(
                 name="flaky",
                 base_url=flaky_url,
-                circuit_breaker=CircuitBreakerConfig(failure_threshold=2, reset_timeout=0.5),
+                circuit_breaker=CircuitBreakerConfig(failure_threshold=2, reset_timeout=3.0),
                 **common,
             ),
         ),
@@ -97,7 +97,7 @@ async def test_failing_source_opens_its_breaker_and_recovers(seeded_url, tmp_pat
             assert 'fhir_bridge_circuit_state{source="good"} 0.0' in metrics
 
             proxy.clear()
-            await asyncio.sleep(0.6)  # past the cool-down: the next request is the probe
+            await asyncio.sleep(3.1)  # past the cool-down: the next request is the probe
             [again] = await bridge.sync_once(only="flaky")
             assert again.ok, [t.error for t in again.types]
             assert bridge.guards["flaky"].breaker.snapshot()["state"] == "closed"

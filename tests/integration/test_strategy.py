@@ -4,6 +4,7 @@ newly seen patient pulls its related resources."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -138,5 +139,41 @@ async def test_configured_created_finds_new_and_misses_old_edits(seeded_url, tmp
         stored_old = bridge.store.get_resource("sekmet", "Appointment", old["id"])
         assert stored_old is not None
         assert stored_old.body.get("comment") != old["comment"]
+    finally:
+        bridge.close()
+
+
+async def test_a_worker_follows_the_plan_and_pulls_a_new_patients_resources(seeded_url, tmp_path):
+    """`fhir-bridge worker` syncs pair by pair: it uses the source's plan (here `created`) and,
+    like `sync_source`, pulls a newly seen patient's Appointment lying past the cursor."""
+    from fhir_bridge.store.leases import lease_manager
+    from fhir_bridge.sync.engine import dependency_order
+    from fhir_bridge.worker import Worker, WorkerOptions
+
+    bridge = make_bridge(seeded_url, tmp_path, sync_strategy="created", poll_interval=0.05)
+    source = bridge.settings.sources[0]
+    worker = Worker(bridge, lease_manager(bridge.store, "w1"), "sync", WorkerOptions(lease_ttl=5))
+
+    async def every_pair() -> dict[str, Any]:
+        reports = {}
+        async with bridge.client(source) as client:
+            for rtype in dependency_order(source.resource_types, bridge.rules):
+                reports[rtype] = await worker.sync_pair(source, rtype, client)
+        await asyncio.sleep(0.1)  # past each pair's next poll
+        return reports
+
+    try:
+        first = await every_pair()
+        assert all(r is not None and r.error is None for r in first.values()), first
+        assert bridge.strategies.cached("sekmet")["Appointment"] == TypePlan(Mode.CREATED, "date")
+        patient, appointment = new_patient_and_appointment(uuid.uuid4().hex[:8])
+        async with httpx.AsyncClient(timeout=10) as http:
+            for res in (patient, appointment):
+                put = await http.put(f"{seeded_url}/{res['resourceType']}/{res['id']}", json=res)
+                assert put.status_code in (200, 201), put.text
+        bridge.store.set_cursor("sekmet", "Appointment", "2099-01-01T00:00:00+00:00")
+        second = await every_pair()
+        assert second["Patient"] is not None and second["Patient"].new_patients == [patient["id"]]
+        assert bridge.store.get_resource("sekmet", "Appointment", appointment["id"]) is not None
     finally:
         bridge.close()

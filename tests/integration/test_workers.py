@@ -19,10 +19,12 @@ import httpx
 import pytest
 import yaml
 
-from fhir_bridge.config import Settings, SourceConfig, StorageConfig
+from fhir_bridge.config import Settings, SourceConfig, StorageConfig, load_settings
 from fhir_bridge.runtime import Bridge
+from fhir_bridge.store.keys import OUTBOX_GROUP
 from fhir_bridge.store.redis import RedisStore
-from fhir_bridge.tasks.model import TaskStatus
+from fhir_bridge.tasks.model import OutboxStatus, TaskStatus
+from fhir_bridge.writeback.delivery import CRASH_AFTER_CREATE_ENV
 from tests.sandbox_fixtures import seeded_server
 from tests.store.conftest import REDIS_URL, redis_client, redis_prefix  # noqa: F401
 from tests.utils import ROOT
@@ -30,6 +32,7 @@ from tests.utils import ROOT
 pytestmark = pytest.mark.integration
 TYPES = ["Patient", "CarePlan", "Appointment", "MedicationStatement", "Coverage"]
 SYSTEM = "urn:fhir-bridge:task"
+VISIBILITY = 2  # seconds before a killed write-back worker's claims move to another worker
 
 
 @pytest.fixture
@@ -52,7 +55,12 @@ def write_config(path: Path, url: str, prefix: str, **source: Any) -> Path:
                 **source,
             }
         ],
-        "storage": {"engine": "redis", "redis_url": REDIS_URL, "key_prefix": prefix},
+        "storage": {
+            "engine": "redis",
+            "redis_url": REDIS_URL,
+            "key_prefix": prefix,
+            "outbox_visibility_timeout": VISIBILITY,
+        },
         "writeback": {"interval": 0.2},
         "mappings_dir": str(ROOT / "mappings"),
         "profiles_dir": str(ROOT / "profiles"),
@@ -69,13 +77,18 @@ def workers(tmp_path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
     """Start `fhir-bridge worker` processes; every one still alive is killed afterwards."""
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(config: Path, owner: str, role: str) -> subprocess.Popen[bytes]:
-        """One worker process, its output in tmp_path/<owner>.log."""
+    def start(
+        config: Path, owner: str, role: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """One worker process, its output in tmp_path/<owner>.log (`env` added to ours)."""
         code = "from fhir_bridge.cli_worker import worker_app; worker_app()"
         args = ["worker", "-c", str(config), "--role", role, "--owner", owner, "--lease-ttl", "2"]
         with (tmp_path / f"{owner}.log").open("wb") as log:  # the child keeps its own copy
             proc = subprocess.Popen(
-                [sys.executable, "-c", code, *args], stdout=log, stderr=subprocess.STDOUT
+                [sys.executable, "-c", code, *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=os.environ | (env or {}),
             )
         started.append(proc)
         return proc
@@ -263,5 +276,52 @@ def test_a_worker_killed_mid_writeback_is_taken_over(
             found = mirrors(seeded_url, tid)
             assert len(found) == 1, f"task {tid}: {len(found)} mirrors"
             assert found[0]["status"] == "completed"
+    finally:
+        bridge.close()
+
+
+def test_a_writeback_worker_killed_before_acking_is_reclaimed(
+    seeded_url,
+    redis_prefix,  # noqa: F811
+    redis_client,  # noqa: F811
+    workers,
+    tmp_path,
+):
+    """A worker killed -9 after the server created a mirror Task and before recording it or
+    acknowledging its stream claims: another worker reclaims the claims after the visibility
+    timeout, and every completed task has exactly one mirror Task, completed, on SEKMET."""
+    config = write_config(tmp_path / "bridge.yaml", seeded_url, redis_prefix, writeback=True)
+    bridge = Bridge(load_settings(config))
+    store = bridge.store
+    assert isinstance(store, RedisStore)
+    try:
+        [report] = asyncio.run(bridge.sync_once())
+        assert report.ok
+        chosen = [t.id for t in store.iter_tasks() if t.status is TaskStatus.OPEN][:6]
+        for tid in chosen:
+            bridge.tasks.claim(tid, "carol")
+            bridge.tasks.change_status(tid, TaskStatus.COMPLETED, "carol", note="done")
+        marker = tmp_path / "killed"
+        a = workers(config, "worker-a", "writeback", {CRASH_AFTER_CREATE_ENV: str(marker)})
+        assert a.wait(timeout=60) == -signal.SIGKILL
+        assert marker.read_text() == "created\n"
+        stream = store.keys.outbox_stream
+        held = redis_client.xpending_range(stream, OUTBOX_GROUP, "-", "+", 100, "worker-a")
+        assert held, "worker-a held no unacknowledged claim when it died"
+        assert any(mirrors(seeded_url, tid) for tid in chosen), "no mirror was created"
+        b = workers(config, "worker-b", "writeback")
+        everything = lambda: store.list_outbox(limit=-1)  # noqa: E731
+        wait_for(
+            lambda: all(e.status is OutboxStatus.DELIVERED for e in everything()),
+            90,
+            "every outbox entry delivered by worker-b",
+        )
+        assert b.poll() is None
+        assert redis_client.xpending(stream, OUTBOX_GROUP)["pending"] == 0
+        for tid in chosen:
+            found = mirrors(seeded_url, tid)
+            assert len(found) == 1, f"task {tid}: {len(found)} mirrors"
+            assert found[0]["status"] == "completed"
+            assert store.get_task(tid).mirror_id == found[0]["id"]
     finally:
         bridge.close()

@@ -861,6 +861,88 @@ def test_outbox_discard_takes_an_entry_out_of_delivery(engine_store):
     assert engine_store.due_outbox(NOW) == []
 
 
+# -- outbox claims (how consumers share delivery) ---------------------------------------------
+
+
+def settle(store, claims, outcome: Callable[[int], None]) -> None:
+    """Record `outcome` for every claim's entry, then acknowledge the claim."""
+    for claim in claims:
+        outcome(claim.entry.id)
+        store.ack_outbox(claim)
+
+
+def test_claims_hand_out_due_heads_in_task_order(engine_store):
+    """A consumer claims each task's oldest pending entry; the next one after it is recorded."""
+    a = engine_store.upsert_task(draft("a"), NOW).task
+    b = engine_store.upsert_task(draft("b"), NOW).task
+    engine_store.update_task(a.id, mirror_change(TaskStatus.IN_PROGRESS, NOW, {"n": "a1"}))
+    engine_store.update_task(b.id, mirror_change(TaskStatus.IN_PROGRESS, NOW, {"n": "b1"}))
+    engine_store.update_task(a.id, mirror_change(TaskStatus.COMPLETED, NOW, {"n": "a2"}))
+    claims = engine_store.claim_outbox("w1", NOW)
+    assert sorted(c.entry.payload["n"] for c in claims) == ["a1", "b1"]
+    assert all(c.entry.status is OutboxStatus.PENDING for c in claims)
+    assert engine_store.touch_outbox("w1", claims) == 2
+    settle(engine_store, claims, lambda i: engine_store.outbox_delivered(i, NOW))
+    [last] = engine_store.claim_outbox("w1", NOW)
+    assert last.entry.payload["n"] == "a2"
+    settle(engine_store, [last], lambda i: engine_store.outbox_delivered(i, NOW))
+    assert engine_store.claim_outbox("w1", NOW + timedelta(days=1)) == []
+    engine_store.outbox_consumer_done("w1")
+    assert {e.status for e in engine_store.list_outbox()} == {OutboxStatus.DELIVERED}
+
+
+def test_claims_wait_for_the_retry_time(engine_store):
+    """A retried entry is claimed again only once its next attempt is due, and its task's
+    later entry waits behind it."""
+    task = engine_store.upsert_task(draft(), NOW).task
+    engine_store.update_task(task.id, mirror_change(TaskStatus.IN_PROGRESS, NOW, {"n": 1}))
+    engine_store.update_task(task.id, mirror_change(TaskStatus.COMPLETED, NOW, {"n": 2}))
+    [claim] = engine_store.claim_outbox("w1", NOW)
+    retry_at = NOW + timedelta(minutes=1)
+    settle(engine_store, [claim], lambda i: engine_store.outbox_retry(i, "503", retry_at))
+    assert engine_store.claim_outbox("w1", NOW + timedelta(seconds=59)) == []
+    [again] = engine_store.claim_outbox("w1", retry_at)
+    assert (again.entry.id, again.entry.attempts) == (claim.entry.id, 1)
+    settle(engine_store, [again], lambda i: engine_store.outbox_delivered(i, retry_at))
+    [second] = engine_store.claim_outbox("w1", retry_at)
+    assert second.entry.payload == {"n": 2}
+
+
+def test_claims_follow_park_requeue_and_discard(engine_store):
+    """A parked head lets the next entry be claimed; a requeued one is claimed before it."""
+    task = engine_store.upsert_task(draft(), NOW).task
+    change = mirror_change(TaskStatus.IN_PROGRESS, NOW, {"n": 1}, {"n": 2}, {"n": 3})
+    engine_store.update_task(task.id, change)
+    first, second, third = engine_store.list_outbox()
+    [claim] = engine_store.claim_outbox("w1", NOW)
+    assert claim.entry.id == first.id
+    settle(
+        engine_store,
+        [claim],
+        lambda i: engine_store.outbox_park(i, OutboxStatus.DEAD, "HTTP 422", {"status": 422}),
+    )
+    later = NOW + timedelta(minutes=1)
+    assert engine_store.outbox_requeue(first.id, later) is True
+    [requeued] = engine_store.claim_outbox("w1", later)
+    assert (requeued.entry.id, requeued.entry.attempts) == (first.id, 0)
+    settle(engine_store, [requeued], lambda i: engine_store.outbox_delivered(i, later))
+    assert engine_store.outbox_discard(second.id, "operator") is True
+    [last] = engine_store.claim_outbox("w1", later)
+    assert last.entry.id == third.id
+
+
+def test_claims_limit(engine_store):
+    """claim_outbox hands out at most `limit` entries; the rest are claimed later."""
+    for n in range(3):
+        task = engine_store.upsert_task(draft(f"t{n}"), NOW).task
+        engine_store.update_task(task.id, mirror_change(TaskStatus.IN_PROGRESS, NOW, {"n": n}))
+    claims = engine_store.claim_outbox("w1", NOW, limit=2)
+    assert len(claims) == 2
+    settle(engine_store, claims, lambda i: engine_store.outbox_delivered(i, NOW))
+    [rest] = engine_store.claim_outbox("w1", NOW, limit=2)
+    assert rest.entry.id not in {c.entry.id for c in claims}
+
+
 # -- task listing: filters, cursors, due counts ---------------------------------------------
 
 

@@ -12,8 +12,8 @@ from fhir_bridge.cli_worker import worker_app
 from fhir_bridge.config import DEFAULT_RESOURCE_TYPES
 from fhir_bridge.errors import StoreError
 from fhir_bridge.mapping.engine import RuleSet
-from fhir_bridge.store.base import QuarantineEntry, Store
-from fhir_bridge.store.migrate import count, migrate
+from fhir_bridge.store.base import AuditFilter, AuditRecord, QuarantineEntry, Store
+from fhir_bridge.store.migrate import count, iter_audit, migrate
 from fhir_bridge.store.redis import RedisStore
 from fhir_bridge.store.sqlite import SqliteStore
 from fhir_bridge.sync.engine import dependency_order
@@ -61,6 +61,24 @@ def populate(path: Path) -> None:
     store.outbox_park(entries[2].id, OutboxStatus.DEAD, "400", {"status": 400})
     store.outbox_park(entries[3].id, OutboxStatus.CONFLICT, "412", {"diff": {"a": [1, 2]}})
     store.outbox_discard(entries[4].id, "operator")
+    for i, tid in enumerate(ids[:5]):
+        store.add_audit(
+            AuditRecord(
+                recorded=NOW + timedelta(seconds=i),
+                subtype="task-claim",
+                action="U",
+                outcome="0",
+                agent="carol",
+                roles=("coordinator",),
+                address="10.0.0.1",
+                patient=f"Patient/p{i % 2}",
+                source=SOURCE,
+                task_id=tid,
+                status_code=200,
+            )
+        )
+    store.put_fact("patient-link", "a/p1|b/p2", {"same_person": True, "by": "ann"})
+    store.put_fact("contact-consent", "c1", {"authorized": False})
     store.close()
 
 
@@ -87,6 +105,10 @@ def assert_same(a: Store, b: Store) -> None:
     later = NOW + timedelta(days=1)
     assert a.due_outbox(later, limit=-1) == b.due_outbox(later, limit=-1)
     assert a.queue_counts() == b.queue_counts()
+    assert list(iter_audit(a)) == list(iter_audit(b))
+    for f in (AuditFilter(agent="carol"), AuditFilter(patient="Patient/p1")):
+        assert a.list_audit(f) == b.list_audit(f)
+    assert list(a.iter_facts()) == list(b.iter_facts())
 
 
 def test_migrate_copies_every_entity(sqlite_path, redis_stores):
@@ -98,6 +120,7 @@ def test_migrate_copies_every_entity(sqlite_path, redis_stores):
         assert copied.tasks > 50 and copied.events > copied.tasks
         assert set(copied.outbox) == {s.value for s in OutboxStatus}
         assert copied.cursors == len(DEFAULT_RESOURCE_TYPES) + 1
+        assert copied.audit == 5 and copied.facts == 2
         assert_same(source, target)
     finally:
         source.close()
@@ -118,6 +141,11 @@ def test_migrated_outbox_keeps_order_and_ids(sqlite_path, redis_stores):
         for e in due:
             pending = target.list_outbox(OutboxStatus.PENDING, task_id=e.task_id)
             assert e.id == min(p.id for p in pending)
+        # The consumer group hands out exactly the due heads (the migrated ones are announced).
+        claims = target.claim_outbox("w1", NOW + timedelta(days=1), limit=1000)
+        assert sorted(c.entry.id for c in claims) == sorted(e.id for e in due)
+        record = AuditRecord(NOW, "task-claim", "U", "0", "dave", task_id=task.id)
+        assert target.add_audit(record) == max(r.id for r in iter_audit(source)) + 1
     finally:
         source.close()
 
@@ -147,6 +175,7 @@ def test_cli_migrate_prints_and_verifies_counts(sqlite_path, redis_prefix, redis
     try:
         counts = count(source)
         assert f"tasks: {counts.tasks} with {counts.events} history events" in result.output
+        assert "audit records: 5" in result.output
         assert_same(source, redis_stores())
     finally:
         source.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from datetime import timedelta
 
 import pytest
 import redis
@@ -17,8 +18,16 @@ from redis.crc import key_slot
 from fhir_bridge.config import StorageConfig
 from fhir_bridge.errors import StoreError
 from fhir_bridge.store import RedisStore, Store, open_store
+from fhir_bridge.store.base import OutboxClaim
 from fhir_bridge.store.keys import Keys
-from fhir_bridge.tasks.model import OutboxStatus, Task, TaskChange, TaskEvent, TaskStatus
+from fhir_bridge.tasks.model import (
+    OutboxEntry,
+    OutboxStatus,
+    Task,
+    TaskChange,
+    TaskEvent,
+    TaskStatus,
+)
 from tests.store.conftest import REDIS_URL
 from tests.store.test_conformance import (
     PATIENT,
@@ -94,12 +103,17 @@ def test_every_key_is_under_the_prefix_in_one_cluster_slot(
     task = store.upsert_task(draft(), NOW).task
     store.update_task(task.id, claim_by("alice"))
     store.update_task(task.id, mirror_change(TaskStatus.COMPLETED, NOW, {"n": 2}))
-    (entry,) = store.due_outbox(NOW)
-    store.outbox_retry(entry.id, "timeout", NOW)
-    store.outbox_delivered(entry.id, NOW)
+    (claim,) = store.claim_outbox("w1", NOW)
+    store.outbox_retry(claim.entry.id, "timeout", NOW + timedelta(seconds=1))
+    store.ack_outbox(claim)
+    (again,) = store.claim_outbox("w1", NOW + timedelta(seconds=1))
+    store.outbox_delivered(again.entry.id, NOW)
     store.list_tasks(statuses=[TaskStatus.OPEN, TaskStatus.COMPLETED], rule_id=task.rule_id)
+    store.add_audit(audit(0))
 
     keys = list(redis_client.scan_iter(match=f"*{redis_prefix}*"))
+    assert {store.keys.outbox_stream, store.keys.audit} <= set(keys)
+    keys.append(store.keys.outbox_scheduled)  # empty again by now, so not listed
     assert len(keys) > 20
     assert [k for k in keys if not k.startswith("{" + redis_prefix + "}:")] == []
     assert {key_slot(k.encode()) for k in keys} == {key_slot(redis_prefix.encode())}
@@ -198,6 +212,9 @@ def test_endless_conflicts_give_up_with_store_error(redis_stores):
 
 # -- errors and opening ---------------------------------------------------------------------
 
+_ENTRY = OutboxEntry(
+    1, "0" * 20, SOURCE, "mirror", {}, OutboxStatus.PENDING, 0, NOW, None, NOW, None
+)
 CALLS: dict[str, Callable[[Store], object]] = {
     "put_resource": lambda s: s.put_resource(SOURCE, PATIENT, "h1"),
     "get_resource": lambda s: s.get_resource(SOURCE, "Patient", "p1"),
@@ -229,6 +246,15 @@ CALLS: dict[str, Callable[[Store], object]] = {
     "outbox_park": lambda s: s.outbox_park(1, OutboxStatus.DEAD, "x", {}),
     "outbox_requeue": lambda s: s.outbox_requeue(1, NOW),
     "outbox_discard": lambda s: s.outbox_discard(1, "x"),
+    "claim_outbox": lambda s: s.claim_outbox("w1", NOW),
+    "ack_outbox": lambda s: s.ack_outbox(OutboxClaim(_ENTRY, "1-0")),
+    "touch_outbox": lambda s: s.touch_outbox("w1", [OutboxClaim(_ENTRY, "1-0")]),
+    "outbox_consumer_done": lambda s: s.outbox_consumer_done("w1"),
+    "put_fact": lambda s: s.put_fact("patient-link", "k", {"a": 1}),
+    "get_fact": lambda s: s.get_fact("patient-link", "k"),
+    "list_facts": lambda s: s.list_facts("patient-link"),
+    "iter_facts": lambda s: list(s.iter_facts()),
+    "patients_with_identifier": lambda s: s.patients_with_identifier("urn:mrn", "1"),
 }
 
 

@@ -12,7 +12,11 @@ def open_store(storage: StorageConfig) -> Store:
     :raises StoreError: the engine cannot be opened (file, connection, schema version).
     """
     if storage.engine == "redis":
-        return RedisStore(storage.redis_url, key_prefix=storage.key_prefix)
+        return RedisStore(
+            storage.redis_url,
+            key_prefix=storage.key_prefix,
+            outbox_visibility_timeout=storage.outbox_visibility_timeout,
+        )
     return SqliteStore(storage.path)
 
 

@@ -238,6 +238,15 @@ class DueCounts:
     due_today: int = 0
 
 
+@dataclass(frozen=True)
+class OutboxClaim:
+    """An outbox entry handed to one consumer to deliver; `receipt` is the engine's handle for
+    `ack_outbox` (the Redis stream message id; None where nothing needs acknowledging)."""
+
+    entry: OutboxEntry
+    receipt: str | None = None
+
+
 class Store(abc.ABC):
     """Resources, cursors, quarantine, tasks with history, and the outbox."""
 
@@ -262,11 +271,34 @@ class Store(abc.ABC):
         :returns: False when the stored content hash is the same (nothing written).
         """
 
+    def put_resources(self, source: str, items: Sequence[tuple[dict[str, Any], str]]) -> list[bool]:
+        """`put_resource` for each (resource, content hash) in order, as one batch of writes.
+
+        :returns: for each item, whether it was written (False: same hash as stored, or as
+            an earlier item of the batch with the same type and id).
+        """
+        return [self.put_resource(source, resource, digest) for resource, digest in items]
+
     @abc.abstractmethod
     def get_resource(
         self, source: str, resource_type: str, resource_id: str
     ) -> StoredResource | None:
         """The stored latest version, or None."""
+
+    def resource_hashes(
+        self, source: str, resource_type: str, resource_ids: Sequence[str]
+    ) -> dict[str, str]:
+        """The content hashes of those of `resource_ids` that are stored, by id.
+
+        Batched reads for a page of ingest; engines answer in one round trip where they can
+        (this default asks `get_resource` for each).
+        """
+        found = {}
+        for rid in resource_ids:
+            stored = self.get_resource(source, resource_type, rid)
+            if stored is not None:
+                found[rid] = stored.content_hash
+        return found
 
     @abc.abstractmethod
     def delete_resource(self, source: str, resource_type: str, resource_id: str) -> bool:
@@ -318,6 +350,11 @@ class Store(abc.ABC):
     def release_quarantine(self, source: str, resource_type: str, resource_id: str) -> None:
         """Forget a quarantine entry (the resource now validates)."""
 
+    def release_quarantines(self, source: str, keys: Sequence[tuple[str, str]]) -> None:
+        """`release_quarantine` for each (type, id), as one batch of writes."""
+        for resource_type, resource_id in keys:
+            self.release_quarantine(source, resource_type, resource_id)
+
     # -- tasks -----------------------------------------------------------------------------
     @abc.abstractmethod
     def upsert_task(self, draft: TaskDraft, now: datetime) -> TaskUpsert:
@@ -326,6 +363,30 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def get_task(self, task_id: str) -> Task | None:
         """One task, or None."""
+
+    def upsert_tasks(self, drafts: Sequence[TaskDraft], now: datetime) -> list[TaskUpsert]:
+        """`upsert_task` for each draft in order, as one batch of writes (engines write new
+        tasks together where they can; this default upserts one at a time)."""
+        return [self.upsert_task(draft, now) for draft in drafts]
+
+    def rules_with_tasks(self, source: str, focus_type: str, rule_ids: Sequence[str]) -> set[str]:
+        """Those of `rule_ids` with any task on a `focus_type` resource of `source`.
+
+        Ingest skips looking for tasks of the other rules (a first load has none). An engine
+        shared by several writers must not answer from a stale view; this default answers all
+        of them, which only costs ingest that shortcut.
+        """
+        return set(rule_ids)
+
+    def get_tasks(self, task_ids: Sequence[str]) -> dict[str, Task]:
+        """Those of `task_ids` that exist, by id (ingest asks for a page's worth at once;
+        this default asks `get_task` for each)."""
+        found = {}
+        for task_id in dict.fromkeys(task_ids):
+            task = self.get_task(task_id)
+            if task is not None:
+                found[task_id] = task
+        return found
 
     def list_tasks(
         self,
@@ -454,6 +515,35 @@ class Store(abc.ABC):
         :returns: False when there is no such entry or it is delivered or already discarded.
         """
 
+    # Claims: how consumers share delivery. The default is one process's view (SQLite): the due
+    # entries themselves, nothing to acknowledge, nothing reclaimed.
+    outbox_visibility_timeout: float | None = None  # seconds before an unacked claim moves on
+
+    def claim_outbox(self, consumer: str, now: datetime, limit: int = 100) -> list[OutboxClaim]:
+        """Entries for `consumer` to deliver now: due heads of their tasks, at most `limit`.
+
+        An engine shared by several processes (Redis) hands each entry to one consumer at a
+        time and gives a claim that is not acknowledged within `outbox_visibility_timeout` to
+        another consumer; a task's next entry is handed out only after its head left pending.
+        """
+        return [OutboxClaim(e) for e in self.due_outbox(now, limit)]
+
+    def ack_outbox(self, claim: OutboxClaim) -> None:
+        """Say the claim's outcome is recorded (delivered, retried, parked), so it is not
+        handed out again (called after `outbox_delivered`/`outbox_retry`/`outbox_park`)."""
+        return None  # one process: nothing is handed out twice
+
+    def touch_outbox(self, consumer: str, claims: Sequence[OutboxClaim]) -> int:
+        """Keep claims that are still being delivered from being reclaimed by others.
+
+        :returns: how many of `claims` are still this consumer's.
+        """
+        return len(claims)
+
+    def outbox_consumer_done(self, consumer: str) -> None:
+        """Forget a consumer that stops (engines keep the claims it did not acknowledge)."""
+        return None  # one process: no consumers to forget
+
     # -- audit trail -------------------------------------------------------------------------
     @abc.abstractmethod
     def add_audit(self, record: AuditRecord) -> int:
@@ -496,13 +586,16 @@ class Store(abc.ABC):
         yield from self.list_outbox(limit=-1)
 
     def is_empty(self) -> bool:
-        """True when the store holds no resource, cursor, quarantine entry, task or outbox entry."""
+        """True when the store holds no resource, cursor, quarantine entry, task, outbox entry,
+        audit record or fact."""
         return (
             not self.resource_counts()
             and next(self.iter_cursors(), None) is None
             and self.list_quarantine(limit=0)[1] == 0
             and self.list_tasks(limit=0).total == 0
             and not self.list_outbox(limit=1)
+            and not self.list_audit(limit=1)[0]
+            and next(self.iter_facts(), None) is None
         )
 
     # -- fenced writes (for leased work, see `store/leases.py`) --------------------------------
@@ -518,6 +611,41 @@ class Store(abc.ABC):
         :returns: False (and nothing written) when the write was refused.
         """
         raise NotImplementedError(f"{type(self).__name__} cannot fence cursor writes")
+
+    # -- patient identity ----------------------------------------------------------------------
+    def patients_with_identifier(self, system: str, value: str) -> list[tuple[str, str]]:
+        """(source, id) of every stored Patient carrying identifier `system|value`, sorted.
+
+        This default reads every Patient; engines keep an index (cross-source linking asks
+        this for each record of a patient on every history read).
+        """
+        found = set()
+        for stored in self.iter_resources("Patient"):
+            for ident in stored.body.get("identifier") or []:
+                if (ident or {}).get("system") == system and (ident or {}).get("value") == value:
+                    found.add((stored.source, stored.id))
+        return sorted(found)
+
+    # -- facts: small records people set by hand (patient links, contact authorizations) -----
+    @abc.abstractmethod
+    def put_fact(self, kind: str, key: str, value: dict[str, Any] | None) -> bool:
+        """Set (or with None, remove) the JSON record `key` of `kind`; True when it changed.
+
+        For decisions a person makes that no FHIR server holds (an admin linking two patient
+        records, a coordinator noting a family contact may be told): few, small, durable.
+        """
+
+    @abc.abstractmethod
+    def get_fact(self, kind: str, key: str) -> dict[str, Any] | None:
+        """The record `key` of `kind`, or None."""
+
+    @abc.abstractmethod
+    def list_facts(self, kind: str) -> dict[str, dict[str, Any]]:
+        """Every record of `kind`, by key."""
+
+    @abc.abstractmethod
+    def iter_facts(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """Every fact of every kind as (kind, key, value), by kind then key (for migrate)."""
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ outbox entries, the task's pending list and the global due set in one MULTI/EXEC
 tag all of that is legal on a Cluster too, with no CROSSSLOT errors. The price is that a
 Cluster does not spread one installation over several shards: the layout is Cluster-safe,
 but one installation scales like one node (several installations, i.e. prefixes, do spread).
-`RedisStore` itself still connects with a plain client (`redis.Redis`), so today it needs a
-standalone Redis (or Sentinel/proxy in front); a `RedisCluster` client is a later step that
-needs no key change.
+`RedisStore` connects to a Cluster with `redis.cluster.RedisCluster` (``redis+cluster://``,
+`store/redis_url.py`); the outbox stream, its retry set and the Lua scripts are under the same
+tag (the two scripts that read entry hashes without declaring them stay in the same slot).
 
 Spreading later means a tag per task (task, history, pending outbox list), per queue
 (its indexes) and per patient, with the cross-slot index maintenance moved out of the
@@ -49,6 +49,11 @@ keys collide):
     T:outbox:pending:<task id>          list    pending entry ids of one task, oldest first
     T:outbox:due                        zset    the head of every pending list,
                                                 score = next_attempt_at in µs
+    T:outbox:stream                     stream  announcements {entry, task, round}: this head
+                                                may be delivered now; consumer group
+                                                `OUTBOX_GROUP`, acked messages are XDELeted
+    T:outbox:scheduled                  zset    heads waiting for a retry time (score µs),
+                                                moved into the stream once due
     T:audit:seq                         string  last audit record id (INCR)
     T:audit                             hash    id -> record (JSON)
     T:audit:all                         zset    record ids, score = id
@@ -58,9 +63,13 @@ keys collide):
     T:lease-seq                         string  the fencing token counter (INCR)
     T:fence:<name>                      string  highest token a fenced write was accepted with
 
-The outbox is shaped for a later Streams consumer group: entries stay in their hashes, the
-per-task pending list keeps a task's writes in order, and `outbox:due` holds exactly one
-deliverable entry per task, which a dispatcher can move into a stream without reordering.
+Outbox delivery goes through a Redis Stream with one consumer group: entries stay in their
+hashes, the per-task pending list keeps a task's writes in order, and only a task's head entry
+is ever announced on `outbox:stream`, in the MULTI that makes it the head (so a task's writes
+still go out one by one). Each announcement carries the entry's `round` (a counter in its
+hash, bumped by every announcement), so a stale message (an older round, an entry no longer
+the head or no longer pending) is recognised and only acknowledged. A failed attempt waits
+in `outbox:scheduled` until its `next_attempt_at`, then is announced again.
 """
 
 from __future__ import annotations
@@ -69,6 +78,9 @@ import re
 
 # Bump when the layout changes; `T:meta` records the version the data was written with.
 SCHEMA_VERSION = 1
+
+# The consumer group of `Keys.outbox_stream`: every write-back consumer reads through it.
+OUTBOX_GROUP = "writeback"
 
 _PREFIX = re.compile(r"^[A-Za-z0-9:_.-]{1,64}$")
 
@@ -189,6 +201,20 @@ class Keys:
         """Queue names that have (or had) tasks."""
         return self._key("queues")
 
+    def patient_identifier(self, identifier: str) -> str:
+        """The Patient records (`source/id`) carrying `system|value`, a set."""
+        return self._key("pid", identifier)
+
+    # -- facts people set by hand -------------------------------------------------------------
+    @property
+    def fact_kinds(self) -> str:
+        """The kinds that hold facts, a set (so migrate can list them)."""
+        return self._key("facts-kinds")
+
+    def facts(self, kind: str) -> str:
+        """Every fact of `kind` (patient links, ...), a hash by key."""
+        return self._key("facts", kind)
+
     # -- audit trail -------------------------------------------------------------------------
     @property
     def audit_seq(self) -> str:
@@ -237,6 +263,16 @@ class Keys:
     def outbox_due(self) -> str:
         """The head of each task's pending list, scored by its next attempt time (µs)."""
         return self._key("outbox", "due")
+
+    @property
+    def outbox_stream(self) -> str:
+        """Announcements of deliverable head entries, read through the `OUTBOX_GROUP` group."""
+        return self._key("outbox", "stream")
+
+    @property
+    def outbox_scheduled(self) -> str:
+        """Head entries waiting for their retry time (score µs) before being announced again."""
+        return self._key("outbox", "scheduled")
 
     # -- scans and leases (added for migrate and workers) ------------------------------------
     @property

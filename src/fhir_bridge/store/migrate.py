@@ -1,10 +1,12 @@
 """Move an installation from one store to another (SQLite to Redis): `fhir-bridge migrate`.
 
 Copies resources (latest version and content hash), cursors, quarantine, tasks exactly as they
-are (ids, versions, timestamps, mirror ids) with their whole history, and the outbox with
-every entry's id, status, attempts, last error and detail, so pending write-backs go out from
-the new store in the same order and delivered ones are not sent again. Counts are compared
-afterwards; a mismatch is an error.
+are (ids, versions, timestamps, mirror ids) with their whole history, the outbox with every
+entry's id, status, attempts, last error and detail, so pending write-backs go out from the
+new store in the same order and delivered ones are not sent again, the audit trail with
+its record ids (API cursors into it stay valid), and the facts people set by hand (patient
+link decisions, ...). Counts are compared afterwards; a mismatch
+is an error.
 
 The source must not change while it is copied: stop the bridge first. The target must be
 empty unless `force` is given, in which case everything under its prefix is deleted first.
@@ -13,11 +15,11 @@ empty unless `force` is given, in which case everything under its prefix is dele
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from fhir_bridge.errors import StoreError
-from fhir_bridge.store.base import Store
+from fhir_bridge.store.base import AuditRecord, Store
 from fhir_bridge.store.redis import RedisStore
 
 # progress(what, how many so far)
@@ -34,6 +36,8 @@ class Counts:
     tasks: int = 0
     events: int = 0
     outbox: dict[str, int] = field(default_factory=dict)
+    audit: int = 0
+    facts: int = 0
 
     def lines(self) -> list[str]:
         """One readable line per kind of entity."""
@@ -45,7 +49,19 @@ class Counts:
             f"quarantine: {self.quarantine}",
             f"tasks: {self.tasks} with {self.events} history events",
             f"outbox: {sum(self.outbox.values())} ({box})",
+            f"audit records: {self.audit}",
+            f"facts: {self.facts}",
         ]
+
+
+def iter_audit(store: Store) -> Iterator[AuditRecord]:
+    """Every audit record, newest first, page by page."""
+    cursor: int | None = None
+    while True:
+        records, cursor = store.list_audit(limit=500, cursor=cursor)
+        yield from records
+        if cursor is None:
+            return
 
 
 def count(store: Store) -> Counts:
@@ -58,6 +74,8 @@ def count(store: Store) -> Counts:
         tasks=len(tasks),
         events=sum(len(store.task_history(t.id)) for t in tasks),
         outbox=dict(Counter(e.status.value for e in store.iter_outbox())),
+        audit=sum(1 for _ in iter_audit(store)),
+        facts=sum(1 for _ in store.iter_facts()),
     )
 
 
@@ -104,6 +122,16 @@ def migrate(
     target.restore_outbox(entries)
     copied.outbox = dict(Counter(e.status.value for e in entries))
     report("outbox", len(entries))
+    records = list(iter_audit(source))
+    records.reverse()  # oldest first
+    for start in range(0, len(records), 500):
+        target.restore_audit(records[start : start + 500])
+    copied.audit = len(records)
+    report("audit records", copied.audit)
+    for kind, key, fact in source.iter_facts():
+        target.put_fact(kind, key, fact)
+        copied.facts += 1
+    report("facts", copied.facts)
     after = count(target)
     if after != copied:
         raise StoreError(

@@ -15,6 +15,9 @@ Atomicity, method by method:
   the records in EXEC, so a page never mixes two states of the store. `iter_resources` is
   consistent per page only (like SQLite's, it reads page by page).
 - `batch()` groups nothing: each method is already atomic on its own.
+- outbox delivery is shared through a Stream consumer group: a task's head entry is announced
+  (XADD) in the transaction that makes it the head, consumers read with XREADGROUP, take over
+  idle claims with XAUTOCLAIM and XACK once the outcome is recorded (see `claim_outbox`).
 
 Datetimes are stored as ISO strings in UTC; sorted-set scores are exact integer microseconds.
 Outbox ids come from INCRBY before EXEC, so a retried transaction leaves a gap in the ids
@@ -31,7 +34,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar, cast
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.client import Pipeline
@@ -43,6 +45,7 @@ from fhir_bridge.store.base import (
     AuditFilter,
     AuditRecord,
     Lease,
+    OutboxClaim,
     QuarantineEntry,
     Store,
     StoredResource,
@@ -51,7 +54,8 @@ from fhir_bridge.store.base import (
     TaskPage,
     TaskUpsert,
 )
-from fhir_bridge.store.keys import SCHEMA_VERSION, Keys
+from fhir_bridge.store.keys import OUTBOX_GROUP, SCHEMA_VERSION, Keys
+from fhir_bridge.store.redis_url import connect, safe_url
 from fhir_bridge.tasks.model import (
     OutboxEntry,
     OutboxStatus,
@@ -76,6 +80,14 @@ _RANK = {Priority.STAT: "0", Priority.ASAP: "1", Priority.URGENT: "2", Priority.
 def _watch(pipe: Pipeline, *keys: str) -> None:
     """WATCH more keys (redis-py leaves `watch` unannotated)."""
     pipe.watch(*keys)  # type: ignore[no-untyped-call]
+
+
+def _in_multi(pipe: Pipeline) -> bool:
+    """True once `multi()` was called (a Cluster pipeline keeps the flag in its strategy)."""
+    if hasattr(pipe, "explicit_transaction"):
+        return bool(pipe.explicit_transaction)
+    strategy = getattr(pipe, "_execution_strategy", None)
+    return bool(getattr(strategy, "_explicit_transaction", False))
 
 
 def _hset(pipe: Pipeline, key: str, fields: Mapping[str, str]) -> None:
@@ -103,14 +115,17 @@ def _translate(method: Callable[_P, _R]) -> Callable[_P, _R]:
     return wrapper
 
 
-def _safe_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + netloc))
+_safe_url = safe_url  # the name `cli_worker` imports
+
+
+def _patient_identifiers(patient: dict[str, Any]) -> list[str]:
+    """`system|value` of each identifier of a Patient that has both, sorted, once each."""
+    found = set()
+    for ident in patient.get("identifier") or []:
+        system, value = (ident or {}).get("system"), (ident or {}).get("value")
+        if isinstance(system, str) and isinstance(value, str):
+            found.add(f"{system}|{value}")
+    return sorted(found)
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -269,23 +284,35 @@ def _quarantine_member(source: str, resource_type: str, key: str) -> str:
 class RedisStore(Store):
     """Storage in Redis under one key prefix.
 
-    :param url: ``redis://``, ``rediss://`` or ``unix://`` URL (ignored when `client` is given).
+    :param url: ``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://`` or
+        ``redis+cluster://`` URL (`store/redis_url.py`; ignored when `client` is given).
     :param key_prefix: namespace of this installation's keys (several may share a server).
     :param client: a ready client created with ``decode_responses=True`` (the caller keeps
         ownership: `close` leaves it open).
+    :param outbox_visibility_timeout: seconds an outbox claim may stay unacknowledged before
+        another consumer takes it over (XAUTOCLAIM min-idle-time).
     :raises StoreError: Redis cannot be reached or holds data of another schema version.
     """
 
     max_attempts = 64  # WATCH conflicts tolerated per call before giving up
 
     def __init__(
-        self, url: str, key_prefix: str = "fhir-bridge", client: redis.Redis | None = None
+        self,
+        url: str,
+        key_prefix: str = "fhir-bridge",
+        client: redis.Redis | None = None,
+        outbox_visibility_timeout: float = 60.0,
     ) -> None:
         self.keys = Keys(key_prefix)
         self._owns_client = client is None
+        if outbox_visibility_timeout <= 0:
+            raise ValueError("outbox_visibility_timeout must be positive")
+        self.outbox_visibility_timeout = outbox_visibility_timeout
+        self._idle_ms = max(1, round(outbox_visibility_timeout * 1000))
+        self._group_ready = False
         try:
             if client is None:
-                client = redis.Redis.from_url(
+                client = connect(
                     url,
                     decode_responses=True,
                     socket_connect_timeout=5,
@@ -293,7 +320,8 @@ class RedisStore(Store):
                     health_check_interval=30,
                 )
             self._redis = client
-            if not client.get_connection_kwargs().get("decode_responses"):
+            kwargs = getattr(client, "get_connection_kwargs", lambda: {"decode_responses": True})
+            if not kwargs().get("decode_responses"):
                 raise ValueError("the Redis client must be created with decode_responses=True")
             client.hsetnx(self.keys.meta, "schema_version", str(SCHEMA_VERSION))
             stored = cast(str | None, client.hget(self.keys.meta, "schema_version"))
@@ -304,6 +332,7 @@ class RedisStore(Store):
                 f"Redis keys under {self.keys.root} have schema version {stored}; "
                 f"this bridge uses {SCHEMA_VERSION} (migrate first)"
             )
+        self._index_patient_identifiers()
 
     # -- plumbing ----------------------------------------------------------------------------
     def _atomic(self, body: Callable[[Pipeline], Finish[_R]], *watch: str) -> _R:
@@ -319,7 +348,7 @@ class RedisStore(Store):
                     if watch:
                         _watch(pipe, *watch)
                     finish = body(pipe)
-                    if not pipe.explicit_transaction:
+                    if not _in_multi(pipe):
                         pipe.multi()
                     replies = pipe.execute()
                 except WatchError:
@@ -362,12 +391,21 @@ class RedisStore(Store):
             }
         )
         key, member = k.resource(source, rtype, rid), f"{rtype}/{rid}"
+        idents = _patient_identifiers(resource) if rtype == "Patient" else []
+        if idents:
+            fields["identifiers"] = json.dumps(idents)
 
         def body(pipe: Pipeline) -> Finish[bool]:
-            old_hash, old_patient = cast(list[str | None], pipe.hmget(key, ["hash", "patient"]))
+            old_hash, old_patient, old_idents = cast(
+                list[str | None], pipe.hmget(key, ["hash", "patient", "identifiers"])
+            )
             if old_hash == content_hash:
                 return lambda _: False
             pipe.multi()
+            for ident in set(json.loads(old_idents or "[]")) - set(idents):
+                pipe.srem(k.patient_identifier(ident), f"{source}/{rid}")
+            for ident in idents:
+                pipe.sadd(k.patient_identifier(ident), f"{source}/{rid}")
             if old_hash is None:
                 pipe.hincrby(k.resource_counts(source), rtype, 1)
                 pipe.sadd(k.sources, source)
@@ -391,10 +429,14 @@ class RedisStore(Store):
         )
 
         def body(pipe: Pipeline) -> Finish[bool]:
-            old_hash, old_patient = cast(list[str | None], pipe.hmget(key, ["hash", "patient"]))
+            old_hash, old_patient, old_idents = cast(
+                list[str | None], pipe.hmget(key, ["hash", "patient", "identifiers"])
+            )
             if old_hash is None:
                 return lambda _: False
             pipe.multi()
+            for ident in json.loads(old_idents or "[]"):
+                pipe.srem(k.patient_identifier(ident), f"{source}/{resource_id}")
             pipe.hincrby(k.resource_counts(source), resource_type, -1)
             pipe.zrem(k.resource_ids(source, resource_type), resource_id)
             if old_patient is not None:
@@ -835,6 +877,7 @@ class RedisStore(Store):
                 pipe.rpush(k.outbox_pending(draft.task_id), str(entry_id))
                 if not has_head[draft.task_id]:
                     pipe.zadd(k.outbox_due, {str(entry_id): score})
+                    self._announce(pipe, str(entry_id), draft.task_id, 1)
                     has_head[draft.task_id] = True
             return lambda _: result.task
 
@@ -919,10 +962,15 @@ class RedisStore(Store):
             remaining = [p for p in pending if p != member] if leaves else pending
             head, new_head = pending[0] if pending else None, remaining[0] if remaining else None
             new_score: int | None = None
+            new_round = 0
             if new_head is not None and new_head != head:
                 _watch(pipe, k.outbox_entry(new_head))
-                next_at = cast(str, pipe.hget(k.outbox_entry(new_head), "next_attempt_at"))
-                new_score = _micros(datetime.fromisoformat(next_at))
+                next_at, old_round = cast(
+                    list[str | None],
+                    pipe.hmget(k.outbox_entry(new_head), ["next_attempt_at", "round"]),
+                )
+                new_score = _micros(datetime.fromisoformat(cast(str, next_at)))
+                new_round = int(old_round or 0) + 1
             elif new_head == member and next_attempt_at is not None:
                 new_score = _micros(next_attempt_at)
             pipe.multi()
@@ -938,8 +986,13 @@ class RedisStore(Store):
                 pipe.lrem(pending_key, 0, member)
             if head is not None and head != new_head:
                 pipe.zrem(k.outbox_due, head)
+                pipe.zrem(k.outbox_scheduled, head)
             if new_head is not None and new_score is not None:
                 pipe.zadd(k.outbox_due, {new_head: new_score})
+                if new_round:  # a new head: announce it now (it may be due already)
+                    self._announce(pipe, new_head, entry["task_id"], new_round)
+                else:  # the head waits for its retry time, then is announced again
+                    pipe.zadd(k.outbox_scheduled, {new_head: new_score})
             return lambda _: True
 
         return self._atomic(body, key)
@@ -1035,13 +1088,132 @@ class RedisStore(Store):
             pipe.zadd(k.outbox_status(OutboxStatus.PENDING.value), {member: entry_id})
             pipe.delete(pending_key)
             pipe.rpush(pending_key, *ordered)
-            if new_head != head:
+            if new_head != head:  # then the new head is this entry
                 if head is not None:
                     pipe.zrem(k.outbox_due, head)
+                    pipe.zrem(k.outbox_scheduled, head)
                 pipe.zadd(k.outbox_due, {new_head: _micros(now)})
+                self._announce(pipe, member, entry["task_id"], int(entry.get("round", 0)) + 1)
             return lambda _: True
 
         return self._atomic(body, key)
+
+    # -- outbox claims: a Redis Stream with one consumer group --------------------------------
+    def _announce(self, pipe: Pipeline, entry_id: str, task_id: str, round_: int) -> None:
+        """Queue (after MULTI) the announcement that head `entry_id` may be delivered now."""
+        pipe.hset(self.keys.outbox_entry(entry_id), "round", str(round_))
+        fields = {"entry": entry_id, "task": task_id, "round": str(round_)}
+        pipe.xadd(self.keys.outbox_stream, cast(dict[Any, Any], fields))
+
+    def _ensure_group(self) -> None:
+        """Create the consumer group if it is missing; its creator has the pending heads that
+        were never announced (written before streams) announced, or every pending head when
+        the stream itself was missing."""
+        k = self.keys
+        keys = [k.outbox_stream, k.outbox_scheduled, k.outbox_due]
+        self._redis.eval(_CREATE_GROUP, len(keys), *keys, OUTBOX_GROUP, k.outbox_entry(""))
+        self._group_ready = True
+
+    def _grouped(self, call: Callable[[], _R]) -> _R:
+        """Run a consumer-group command, creating the group first when it is missing."""
+        if not self._group_ready:
+            self._ensure_group()
+        try:
+            return call()
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+        self._ensure_group()
+        return call()
+
+    def _read_group(self, consumer: str, limit: int) -> list[tuple[str, dict[str, str]]]:
+        """Messages for `consumer`: first those idle past the visibility timeout in another
+        consumer's pending list (XAUTOCLAIM), then new ones (XREADGROUP)."""
+        stream = self.keys.outbox_stream
+        found: list[tuple[str, dict[str, str]]] = []
+        start = "0-0"
+        for _ in range(10):  # each XAUTOCLAIM looks at up to 10 x count pending entries
+
+            def reclaim(at: str = start, count: int = limit - len(found)) -> list[Any]:
+                return self._redis.xautoclaim(
+                    stream, OUTBOX_GROUP, consumer, self._idle_ms, at, count=count
+                )
+
+            reply = self._grouped(reclaim)
+            start = cast(str, reply[0])
+            found += [(m, f) for m, f in cast(list[tuple[str, Any]], reply[1]) if f]
+            if start == "0-0" or len(found) >= limit:
+                break
+        if len(found) < limit:
+            count = limit - len(found)
+
+            def read() -> list[Any]:
+                streams: dict[Any, Any] = {stream: ">"}
+                reply = self._redis.xreadgroup(OUTBOX_GROUP, consumer, streams, count=count)
+                return cast(list[Any], reply or [])
+
+            for _stream, messages in self._grouped(read):
+                found += [(m, f) for m, f in cast(list[tuple[str, Any]], messages) if f]
+        return found
+
+    def _check_claims(
+        self, messages: list[tuple[str, dict[str, str]]], now: datetime
+    ) -> list[OutboxClaim]:
+        """The claims the messages stand for, checked in one script: a stale message (its
+        entry left pending, is not its task's head or was announced again since) is only
+        acknowledged, and an entry that is not due yet goes back to wait for its time."""
+        k = self.keys
+        keys, args = [k.outbox_stream, k.outbox_scheduled, k.outbox_due], [OUTBOX_GROUP]
+        args.append(str(_micros(now)))
+        for message_id, fields in messages:
+            entry_id = fields.get("entry", "")
+            keys += [k.outbox_entry(entry_id), k.outbox_pending(fields.get("task", ""))]
+            args += [message_id, entry_id, fields.get("round", "")]
+        replies = cast(list[list[str]], self._redis.eval(_CHECK_CLAIMS, len(keys), *keys, *args))
+        claims = []
+        for (message_id, _), flat in zip(messages, replies, strict=True):
+            if flat:
+                claims.append(
+                    OutboxClaim(_entry(dict(zip(flat[::2], flat[1::2], strict=True))), message_id)
+                )
+        return claims
+
+    @_translate
+    def claim_outbox(self, consumer: str, now: datetime, limit: int = 100) -> list[OutboxClaim]:
+        k = self.keys
+        if not self._group_ready:
+            self._ensure_group()
+        # Heads whose retry time has come are announced again first (atomically, in Lua).
+        keys = [k.outbox_scheduled, k.outbox_stream]
+        self._redis.eval(_PROMOTE, len(keys), *keys, _micros(now), 1000, k.outbox_entry(""))
+        messages = self._read_group(consumer, limit)
+        return self._check_claims(messages, now) if messages else []
+
+    @_translate
+    def ack_outbox(self, claim: OutboxClaim) -> None:
+        if claim.receipt is None:
+            return
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.xack(self.keys.outbox_stream, OUTBOX_GROUP, claim.receipt)
+            pipe.xdel(self.keys.outbox_stream, claim.receipt)
+            pipe.execute()
+
+    @_translate
+    def touch_outbox(self, consumer: str, claims: Sequence[OutboxClaim]) -> int:
+        receipts = [c.receipt for c in claims if c.receipt is not None]
+        if not receipts:
+            return len(claims)
+        stream = self.keys.outbox_stream
+        held = self._redis.eval(_TOUCH, 1, stream, OUTBOX_GROUP, consumer, *receipts)
+        return int(cast(int, held)) + len(claims) - len(receipts)
+
+    @_translate
+    def outbox_consumer_done(self, consumer: str) -> None:
+        try:
+            self._redis.eval(_FORGET_CONSUMER, 1, self.keys.outbox_stream, OUTBOX_GROUP, consumer)
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
 
     # -- bulk reads and restore (for `store/migrate.py`) --------------------------------------
     @_translate
@@ -1123,15 +1295,34 @@ class RedisStore(Store):
                 if pending and (not old or pending[0] != old[0]):
                     if old:
                         pipe.zrem(k.outbox_due, str(old[0]))
+                        pipe.zrem(k.outbox_scheduled, str(old[0]))
                     pipe.zadd(k.outbox_due, {str(pending[0]): _micros(times[pending[0]])})
+                    self._announce(pipe, str(pending[0]), own[0].task_id, 1)
                 return lambda _: None
 
             self._atomic(body, pending_key)
         if entries:
             top = max(e.id for e in entries)
-            script = "if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then "
-            script += "redis.call('SET', KEYS[1], ARGV[1]) end return 1"
-            self._redis.eval(script, 1, k.outbox_seq, str(top))
+            self._redis.eval(_RAISE_COUNTER, 1, k.outbox_seq, str(top))
+
+    @_translate
+    def restore_audit(self, records: Sequence[AuditRecord]) -> None:
+        """Write audit records with the ids they have (a migration step) and move the id
+        counter past the highest, so records added later sort after them."""
+        k = self.keys
+        with self._redis.pipeline(transaction=True) as pipe:
+            for record in records:
+                if record.id is None:
+                    raise ValueError("restore_audit needs records with their ids")
+                rid = str(record.id)
+                pipe.hset(k.audit, rid, json.dumps(record.to_json()))
+                pipe.zadd(k.audit_index(), {rid: record.id})
+                for field, value in _audit_indexed(record.agent, record.patient, record.task_id):
+                    pipe.zadd(k.audit_index(field, value), {rid: record.id})
+            pipe.execute()
+        if records:
+            top = max(cast(int, r.id) for r in records)
+            self._redis.eval(_RAISE_COUNTER, 1, k.audit_seq, str(top))
 
     # -- leases and fenced writes (see `store/leases.py`) -------------------------------------
     @property
@@ -1153,6 +1344,60 @@ class RedisStore(Store):
         now = cast(str, _ts(datetime.now(UTC)))
         args = [lease.value, str(lease.token), value or "", now]
         return bool(self._redis.eval(_SET_CURSOR_FENCED, len(keys), *keys, *args))
+
+    # -- patient identifiers -----------------------------------------------------------------
+    @_translate
+    def _index_patient_identifiers(self) -> None:
+        """Build the identifier index once for keys written before it existed (idempotent:
+        several processes opening at once only repeat the same SADDs)."""
+        if self._redis.hget(self.keys.meta, "patient_identifier_index"):
+            return
+        for stored in self.iter_resources("Patient"):
+            for ident in _patient_identifiers(stored.body):
+                self._redis.sadd(
+                    self.keys.patient_identifier(ident), f"{stored.source}/{stored.id}"
+                )
+        self._redis.hset(self.keys.meta, "patient_identifier_index", "1")
+
+    @_translate
+    def patients_with_identifier(self, system: str, value: str) -> list[tuple[str, str]]:
+        members = cast(
+            set[str], self._redis.smembers(self.keys.patient_identifier(f"{system}|{value}"))
+        )
+        return sorted(cast(tuple[str, str], tuple(m.split("/", 1))) for m in members)
+
+    # -- facts -------------------------------------------------------------------------------
+    @_translate
+    def put_fact(self, kind: str, key: str, value: dict[str, Any] | None) -> bool:
+        if value is None:
+            return bool(self._redis.hdel(self.keys.facts(kind), key))
+        body = json.dumps(value, sort_keys=True)
+        # One HSET: last writer wins, like SQLite's upsert; "changed" is a best-effort answer.
+        before = self._redis.hget(self.keys.facts(kind), key)
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(self.keys.fact_kinds, kind)
+            pipe.hset(self.keys.facts(kind), key, body)
+            pipe.execute()
+        return before != body
+
+    @_translate
+    def get_fact(self, kind: str, key: str) -> dict[str, Any] | None:
+        raw = cast(str | None, self._redis.hget(self.keys.facts(kind), key))
+        return cast(dict[str, Any], json.loads(raw)) if raw is not None else None
+
+    @_translate
+    def list_facts(self, kind: str) -> dict[str, dict[str, Any]]:
+        raw = cast(dict[str, str], self._redis.hgetall(self.keys.facts(kind)))
+        return {k: json.loads(v) for k, v in sorted(raw.items())}
+
+    @_translate
+    def _fact_kinds(self) -> list[str]:
+        return sorted(cast(set[str], self._redis.smembers(self.keys.fact_kinds)))
+
+    def iter_facts(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        for kind in self._fact_kinds():
+            for key, value in self.list_facts(kind).items():
+                yield kind, key, value
 
 
 def _entry_fields(entry: OutboxEntry) -> dict[str, str]:
@@ -1188,4 +1433,104 @@ else
   redis.call('HSET', KEYS[2], 'value', ARGV[3], 'updated_at', ARGV[4])
 end
 return 1
+"""
+
+
+# KEYS: stream, scheduled, due; ARGV: group, entry key prefix. Creates the group (reading from
+# the start of the stream). Its creator puts into `scheduled`, to be announced, the pending
+# heads never announced (written before streams) or, when there was no stream at all, every
+# pending head.
+_CREATE_GROUP = """
+local had_stream = redis.call('EXISTS', KEYS[1]) == 1
+local ok = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+if type(ok) == 'table' and ok.err then
+  if string.find(ok.err, 'BUSYGROUP') then return 0 end
+  return redis.error_reply(ok.err)
+end
+local heads = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
+for i = 1, #heads, 2 do
+  if not had_stream or not redis.call('HGET', ARGV[2] .. heads[i], 'round') then
+    redis.call('ZADD', KEYS[2], heads[i + 1], heads[i])
+  end
+end
+return 1
+"""
+
+# KEYS: scheduled, stream; ARGV: now (µs), limit, entry key prefix. Announces the heads whose
+# retry time has come with a new round; entries that left pending meanwhile are dropped. The
+# entry hashes share the installation's hash tag, so they are in the same slot as KEYS.
+_PROMOTE = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, id in ipairs(ids) do
+  redis.call('ZREM', KEYS[1], id)
+  local key = ARGV[3] .. id
+  if redis.call('HGET', key, 'status') == 'pending' then
+    local round = redis.call('HINCRBY', key, 'round', 1)
+    local task = redis.call('HGET', key, 'task_id')
+    redis.call('XADD', KEYS[2], '*', 'entry', id, 'task', task, 'round', tostring(round))
+  end
+end
+return #ids
+"""
+
+# KEYS: stream; ARGV: group, consumer, message ids. Resets the idle time of the messages still
+# pending for this consumer (XCLAIM to itself), so they are not reclaimed while delivered.
+_TOUCH = """
+local held = 0
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
+  if #p > 0 then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    held = held + 1
+  end
+end
+return held
+"""
+
+# KEYS: stream; ARGV: group, consumer. Deletes the consumer only when nothing is pending for it.
+_FORGET_CONSUMER = """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if #p > 0 then return 0 end
+return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+"""
+
+# KEYS: a counter; ARGV: a value. Raises the counter to the value (never lowers it).
+_RAISE_COUNTER = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return 1
+"""
+
+# KEYS: stream, scheduled, due, then per message its entry hash and its task's pending list;
+# ARGV: group, now (µs), then per message its id, entry id and round. Per message: the entry's
+# fields when it is ours to deliver (pending, its task's head, this round, due), else an empty
+# reply after acknowledging the message (and, for a current head not due yet, putting it back
+# in `scheduled`). Atomic, so a promotion cannot slip in between check and claim.
+_CHECK_CLAIMS = """
+local out = {}
+for i = 1, (#KEYS - 3) / 2 do
+  local entry, pending = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
+  local mid, id, round = ARGV[3 * i], ARGV[3 * i + 1], ARGV[3 * i + 2]
+  local mine = false
+  if redis.call('HGET', entry, 'status') == 'pending'
+      and redis.call('LINDEX', pending, 0) == id
+      and redis.call('HGET', entry, 'round') == round then
+    local at = redis.call('ZSCORE', KEYS[3], id)
+    if at and tonumber(at) > tonumber(ARGV[2]) then
+      redis.call('ZADD', KEYS[2], at, id)
+    else
+      mine = true
+    end
+  end
+  if mine then
+    redis.call('ZREM', KEYS[2], id)
+    out[i] = redis.call('HGETALL', entry)
+  else
+    redis.call('XACK', KEYS[1], ARGV[1], mid)
+    redis.call('XDEL', KEYS[1], mid)
+    out[i] = {}
+  end
+end
+return out
 """

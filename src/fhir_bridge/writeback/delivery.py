@@ -1,7 +1,11 @@
 """Deliver outbox entries to the FHIR servers: retry what may pass later, park what never will.
 
 Entries of one task go out in order (the store hands out only the oldest pending entry of
-each task); entries of different tasks go out concurrently, a few at a time. A 412 on the
+each task); entries of different tasks go out concurrently, a few at a time. Entries are
+claimed for one consumer (`Store.claim_outbox`; on Redis a Stream consumer group, so many
+workers share the outbox) and acknowledged once their outcome is recorded; while an entry is
+being delivered its claim is kept alive (`touch_outbox`), so only a consumer that died or
+stalled past the visibility timeout loses it to another. A 412 on the
 mirror Task means someone else (the EHR, a clinician) changed it since we last wrote: we
 re-read it, lay our fields over theirs and try once more on the new version, never
 overwriting blindly. `on_status` actions (`writeback/actions.py`) re-apply after a 412 only
@@ -21,9 +25,11 @@ and the entry is marked delivered.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -40,7 +46,7 @@ from fhir_bridge.errors import (
 from fhir_bridge.fhir import FhirClient, WriteResult
 from fhir_bridge.logging import get_logger
 from fhir_bridge.metrics import BridgeMetrics
-from fhir_bridge.store.base import Store
+from fhir_bridge.store.base import OutboxClaim, Store
 from fhir_bridge.sync.ingest import Clock, utcnow
 from fhir_bridge.tasks.model import MIRROR_ACTION, OutboxEntry, OutboxStatus, Task
 from fhir_bridge.writeback import actions, policy
@@ -51,6 +57,9 @@ from fhir_bridge.writeback.task_mirror import build_task, identifier_query
 log = get_logger("writeback")
 
 _CONCURRENCY = 4
+# The consumer name of deliveries that are not given one (`fhir-bridge run`, one-off scans):
+# one per process, so a process's scans share their claims.
+PROCESS_CONSUMER = f"process-{uuid.uuid4().hex[:12]}"
 
 
 @dataclass
@@ -101,6 +110,9 @@ class Delivery:
         clock: Clock = utcnow,
         metrics: BridgeMetrics | None = None,
         policies: Mapping[str, WritePolicyConfig] | None = None,
+        *,
+        consumer: str | None = None,
+        batch: int = 100,
     ) -> None:
         self.store = store
         self.clients = clients
@@ -108,19 +120,46 @@ class Delivery:
         self.clock = clock
         self.metrics = metrics
         self.policies = dict(policies or {})
+        self.consumer = consumer or PROCESS_CONSUMER
+        self.batch = batch
+        self.last_claimed = 0  # how many entries the last scan claimed
 
     async def deliver_due(self) -> DeliveryStats:
-        """Deliver every entry that is due now; return what happened."""
-        entries = await asyncio.to_thread(self.store.due_outbox, self.clock())
+        """Claim up to `batch` entries that are due now, deliver them, acknowledge each once
+        its outcome is recorded; return what happened."""
+        self.last_claimed = 0
+        claims = await asyncio.to_thread(
+            self.store.claim_outbox, self.consumer, self.clock(), self.batch
+        )
+        self.last_claimed = len(claims)
         stats = DeliveryStats()
         gate = asyncio.Semaphore(_CONCURRENCY)
+        held = {c.entry.id: c for c in claims if c.receipt is not None}
 
-        async def one(entry: OutboxEntry) -> None:
+        async def one(claim: OutboxClaim) -> None:
             async with gate:
-                await self._deliver(entry, stats)
+                await self._deliver(claim.entry, stats)
+            # Not reached when recording the outcome failed: the claim is then reclaimed.
+            await asyncio.to_thread(self.store.ack_outbox, claim)
+            held.pop(claim.entry.id, None)
 
-        await asyncio.gather(*(one(e) for e in entries))
+        keeper = asyncio.create_task(self._keep(held)) if held else None
+        try:
+            await asyncio.gather(*(one(c) for c in claims))
+        finally:
+            if keeper is not None:
+                keeper.cancel()
         return stats
+
+    async def _keep(self, held: dict[int, OutboxClaim]) -> None:
+        """Touch the claims still held every third of the visibility timeout."""
+        timeout = self.store.outbox_visibility_timeout
+        if not timeout:
+            return
+        while held:
+            await asyncio.sleep(timeout / 3)
+            with contextlib.suppress(FhirBridgeError):  # a missed touch only risks a re-send
+                await asyncio.to_thread(self.store.touch_outbox, self.consumer, list(held.values()))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Scan the outbox every `interval` seconds until `stop` is set."""
@@ -129,10 +168,18 @@ class Delivery:
                 await self.deliver_due()
             except FhirBridgeError as exc:
                 log.error("outbox_scan_failed", error=type(exc).__name__, message=str(exc))
+            if self.last_claimed >= self.batch:
+                continue  # more may be waiting: scan again at once
             try:
                 await asyncio.wait_for(stop.wait(), timeout=self.settings.interval)
             except TimeoutError:
                 pass
+        await self.close()
+
+    async def close(self) -> None:
+        """Leave the consumer group when nothing is held (a no-op on single-process engines)."""
+        with contextlib.suppress(FhirBridgeError):
+            await asyncio.to_thread(self.store.outbox_consumer_done, self.consumer)
 
     async def _deliver(self, entry: OutboxEntry, stats: DeliveryStats) -> None:
         started = time.perf_counter()
@@ -241,6 +288,7 @@ class Delivery:
         payload = entry.payload
         spec: dict[str, Any] = payload.get("spec") or {}
         env = {"note": payload.get("note") or [], "coordinator": payload.get("coordinator") or []}
+        env["task"] = actions.task_scope(task)  # e.g. a family message's text (%task.description)
         key = f"{task.id}-{entry.id}"
         try:
             written = await self._run_action(client, task, entry, spec, env, key)

@@ -24,6 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fhir_bridge import cli_ingest, cli_init
 from fhir_bridge.cli_auth import auth_app
 from fhir_bridge.cli_outbox import outbox_app
+from fhir_bridge.cli_patients import patients_app
 from fhir_bridge.cli_sources import sources_app
 from fhir_bridge.cli_worker import worker_app
 from fhir_bridge.config import Settings, load_settings
@@ -224,12 +225,16 @@ def demo(
         try:
             _print_reports(_sync_with_progress(bridge, full=True, only=None))
             api = settings.api
+            served = f"http://{api.host}:{api.port}"
             out.print(
-                f"\nfhir_bridge is running. Open http://{api.host}:{api.port}/queues "
-                f"(API docs: http://{api.host}:{api.port}/docs). Ctrl-C stops it.",
+                f"\nfhir_bridge is running. Open {served}/ui/ "
+                f"(API docs: {served}/docs). Ctrl-C stops it.",
                 highlight=False,
                 soft_wrap=True,
             )
+            from fhir_bridge.web import open_when_ready
+
+            open_when_ready(served)  # only where a display is available
             asyncio.run(_until_interrupted(bridge, serve=True, sync=True, writeback=True))
         finally:
             bridge.close()
@@ -241,6 +246,7 @@ mappings_app = typer.Typer(
 app.add_typer(mappings_app, name="mappings")
 app.add_typer(sources_app, name="sources")
 app.add_typer(outbox_app, name="outbox")
+app.add_typer(patients_app, name="patients")
 app.add_typer(worker_app)  # top-level `worker` and `migrate`
 app.command("ingest")(cli_ingest.ingest)
 app.command("export")(cli_ingest.export)

@@ -17,22 +17,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fhir_bridge.config import load_settings
-from fhir_bridge.errors import ConfigError, StoreError
-from fhir_bridge.logging import configure_logging
-from fhir_bridge.store import Store, open_store
+from fhir_bridge.cli_common import ConfigOpt, configured_store, fail
+from fhir_bridge.store import Store
 from fhir_bridge.tasks.model import OutboxStatus
 from fhir_bridge.writeback import admin
 
 outbox_app = typer.Typer(no_args_is_help=True, add_completion=False)
-
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--config", "-c", help="settings file (default $FHIR_BRIDGE_CONFIG or config/bridge.yaml)"
-    ),
-]
-_err = Console(stderr=True)
 
 
 @outbox_app.callback()
@@ -40,30 +30,14 @@ def _outbox() -> None:
     """Inspect and repair write-back: dead letters, conflicts, retry, discard."""
 
 
-def _fail(message: str, code: int) -> typer.Exit:
-    _err.print(f"error: {message}", highlight=False, markup=False, soft_wrap=True)
-    return typer.Exit(code)
-
-
 @contextmanager
 def _store(config: Path | None) -> Iterator[Store]:
-    """The configured store (this command's --config, else the parent command's)."""
-    if config is None:
-        from fhir_bridge import cli  # late: cli imports this module to mount it
-
-        config = cli._State.config
-    try:
-        settings = load_settings(config)
-        configure_logging("WARNING" if settings.log_level != "DEBUG" else "DEBUG")
-        store = open_store(settings.storage)
-    except (ConfigError, StoreError) as exc:
-        raise _fail(str(exc), 2) from None
-    try:
-        yield store
-    except (admin.OutboxEntryNotFound, admin.OutboxStateError) as exc:
-        raise _fail(str(exc), 1) from None
-    finally:
-        store.close()
+    """The configured store; a missing entry or a wrong state exits 1."""
+    with configured_store(config) as store:
+        try:
+            yield store
+        except (admin.OutboxEntryNotFound, admin.OutboxStateError) as exc:
+            raise fail(str(exc), 1) from None
 
 
 @outbox_app.command("list")

@@ -14,7 +14,7 @@ from fhir_bridge.tasks.model import OutboxStatus
 from tests.expected import expected_active_tasks
 from tests.utils import NOW, ROOT, sample
 
-QUEUES = {"scheduling", "follow-up", "medications", "insurance", "records"}
+QUEUES = {"scheduling", "follow-up", "medications", "insurance", "records", "family"}
 
 
 def expected_open(bridge: Bridge) -> dict[str, int]:
@@ -55,7 +55,7 @@ def first_task(api: TestClient, queue: str = "scheduling") -> dict:
 
 
 def test_queues_list_counts_by_status(api: TestClient, bridge: Bridge):
-    """GET /queues gives the five queues, counts equal to the store's and to tests/expected.py."""
+    """GET /queues gives the six queues, counts equal to the store's and to tests/expected.py."""
     body = api.get("/queues").json()
     by_name = {q["queue"]: q for q in body}
     assert set(by_name) == QUEUES

@@ -152,6 +152,7 @@ def concrete(path: str, bridge: Bridge) -> str:
         "entry_id": "1",
         "resource_type": "Patient",
         "resource_id": PATIENT["id"],
+        "asset": "app.js",
     }
     return re.sub(r"\{(\w+)(?::\w+)?\}", lambda m: values[m.group(1)], path)
 
@@ -236,6 +237,34 @@ def test_matrix_bad_credentials(case: str, app_client: TestClient, secured: Brid
     assert wrong == []
 
 
+def test_me_answers_each_role_its_identity(app_client: TestClient, keys):
+    """GET /me names the token's subject, its known roles and its queues claim, for all three
+    roles; a caller with no known role is 403 there too."""
+    for role, subject in SUBJECTS.items():
+        me = app_client.get("/me", headers=role_headers(keys, role))
+        assert me.status_code == 200
+        assert me.json() == {
+            "subject": subject,
+            "roles": [role],
+            "queues": None,
+            "auth_enabled": True,
+        }
+    restricted = bearer(token(keys, "dana", ["coordinator", "pilot"], queues=["records"]))
+    assert app_client.get("/me", headers=restricted).json()["queues"] == ["records"]
+    nobody = app_client.get("/me", headers=bearer(token(keys, "x", ["superuser"])))
+    assert nobody.status_code == 403
+
+
+def test_ui_files_are_public_and_hold_no_data(app_client: TestClient):
+    """The web UI's page and scripts answer without credentials (they hold no data); the page
+    carries the strict CSP."""
+    page = app_client.get("/ui/")
+    assert page.status_code == 200
+    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+    assert app_client.get("/ui/app.js").status_code == 200
+    assert app_client.get("/queues").status_code == 401
+
+
 def test_expired_token_says_so(app_client: TestClient, keys):
     """An expired token is 401 whose body and challenge name the reason."""
     answer = app_client.get(
@@ -299,6 +328,21 @@ def test_coordinator_restricted_to_their_queues(app_client: TestClient, secured:
     mine = first_task(secured)
     ok = app_client.post(f"/tasks/{mine.id}/claim", headers=headers, json={"coordinator": "dana"})
     assert ok.status_code == 200
+
+
+def test_huddle_and_family_flags_respect_queues_and_identity(app_client: TestClient, keys):
+    """A coordinator restricted to scheduling sees only scheduling tasks on the huddle list;
+    a coordinator may set a family flag only as themself (an admin for anyone)."""
+    headers = bearer(token(keys, "dana", ["coordinator"], queues=["scheduling"]))
+    body = app_client.get("/huddle", headers=headers).json()
+    assert body["patients"]
+    assert {t["queue"] for g in body["patients"] for t in g["tasks"]} == {"scheduling"}
+    flag = {"source": "ehr", "patient": "Patient/x", "contact": "RelatedPerson/y"}
+    flag |= {"authorized": True, "coordinator": "someone-else"}
+    as_other = app_client.post("/family/sharing", headers=headers, json=flag)
+    assert as_other.status_code == 403
+    admin = app_client.post("/family/sharing", headers=role_headers(keys, "admin"), json=flag)
+    assert admin.status_code == 404  # past the identity check: no such patient
 
 
 # -- audit -----------------------------------------------------------------------------------

@@ -337,3 +337,12 @@ def test_listing_on_redis_matches_sqlite(api: TestClient):
         bridge.close()
         delete_namespace(client, Keys(prefix))
         client.close()
+
+
+def test_task_answers_carry_description_and_labels(api):
+    """What the rule wrote for the coordinator (description, labels) reaches the API."""
+    item = api.get("/tasks", params={"kind": "confirm-appointment", "limit": 1}).json()["items"][0]
+    assert item["description"].startswith("Status in the EHR:")
+    assert any(label.startswith("appointment:") for label in item["labels"])
+    detail = api.get(f"/tasks/{item['id']}").json()
+    assert detail["task"]["description"] == item["description"]

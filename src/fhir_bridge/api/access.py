@@ -28,7 +28,9 @@ from fhir_bridge.api.auth import (
 from fhir_bridge.runtime import Bridge
 
 HISTORY_ROUTE = "/patients/{source}/{patient_id}/history"
+LINKS_ROUTE = "/patients/links"
 _TASK_ROUTES = ("/tasks", "/tasks/{task_id}", "/queues/{queue}/tasks")
+_FAMILY_ROUTES = ("/family/contacts", "/family/sharing")  # routes/family.py
 
 
 def route_path(request: Request) -> str:
@@ -69,6 +71,10 @@ async def guard(request: Request, principal: Annotated[Principal, Depends(author
             patient=f"Patient/{params['patient_id']}",
             source=params["source"],
         )
+    elif path == LINKS_ROUTE and method in ("POST", "DELETE"):
+        await _link_change(request, principal, address)
+    elif path in _FAMILY_ROUTES:
+        await _family(request, principal, address)
     elif method == "POST" and path.startswith("/tasks"):
         await _task_change(request, principal, path, address)
     elif method == "GET" and path in _TASK_ROUTES:
@@ -110,6 +116,49 @@ async def _task_change(
     if enabled and mismatch and not principal.is_admin:
         raise forbidden("'coordinator' must be your own id (only an admin acts for others)")
     await _check_queues(request, principal, task_ids)
+
+
+async def _link_change(request: Request, principal: Principal, address: str | None) -> None:
+    """An admin's decision on two records: one audit record per record named."""
+    if request.method == "DELETE":
+        named = [request.query_params.get("a"), request.query_params.get("b")]
+    else:
+        body = await _body(request)
+        named = [body.get("a"), body.get("b")]
+    patients = []
+    for key in named:
+        source, sep, patient_id = key.partition("/") if isinstance(key, str) else ("", "", "")
+        if sep and source and patient_id:
+            patients.append((source, f"Patient/{patient_id}"))
+    action = "D" if request.method == "DELETE" else "U"
+    request.state.audit_intent = AuditIntent(
+        "patient-link", action, principal.subject, _roles(principal), address, patients=patients
+    )
+
+
+async def _family(request: Request, principal: Principal, address: str | None) -> None:
+    """Reading a patient's family contacts, or a coordinator's flag on one of them."""
+    if request.method == "GET":
+        values: dict[str, Any] = dict(request.query_params)
+        subtype, action = "family-contacts", "R"
+    else:
+        values = await _body(request)
+        subtype, action = "family-sharing", "U"
+    source, patient = values.get("source"), values.get("patient")
+    # Recorded before the check below, so refused attempts are in the trail too.
+    request.state.audit_intent = AuditIntent(
+        subtype,
+        action,
+        principal.subject,
+        _roles(principal),
+        address,
+        patient=patient if isinstance(patient, str) else None,
+        source=source if isinstance(source, str) else None,
+    )
+    named = values.get("coordinator")
+    mismatch = isinstance(named, str) and named != principal.subject
+    if action == "U" and request.app.state.auth.enabled and mismatch and not principal.is_admin:
+        raise forbidden("'coordinator' must be your own id (only an admin acts for others)")
 
 
 async def _task_read(request: Request, principal: Principal, path: str) -> None:

@@ -41,6 +41,8 @@ class AuditIntent:
     task_ids: list[str] = field(default_factory=list)
     patient: str | None = None
     source: str | None = None
+    # (source, Patient/<id>) pairs when a change concerns several patients' records (links)
+    patients: list[tuple[str, str]] = field(default_factory=list)
 
 
 def outcome(status: int) -> str:
@@ -62,6 +64,11 @@ def records(intent: AuditIntent, status: int, now: datetime, bridge: Bridge) -> 
         "address": intent.address,
         "status_code": status,
     }
+    if intent.patients:
+        return [
+            AuditRecord(**base, patient=patient, source=source)  # type: ignore[arg-type]
+            for source, patient in intent.patients
+        ]
     if not intent.task_ids:
         return [AuditRecord(**base, patient=intent.patient, source=intent.source)]  # type: ignore[arg-type]
     out = []

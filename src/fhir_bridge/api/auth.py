@@ -47,6 +47,11 @@ POLICY: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/docs"): PUBLIC,
     ("GET", "/docs/oauth2-redirect"): PUBLIC,
     ("GET", "/redoc"): PUBLIC,
+    # The web UI's files hold no data: it calls the API below with the user's credentials.
+    ("GET", "/ui"): PUBLIC,
+    ("GET", "/ui/"): PUBLIC,
+    ("GET", "/ui/{asset}"): PUBLIC,
+    ("GET", "/me"): _READ_TASKS,
     # EHR rest-hook notifications: X-Bridge-Secret, checked by the route (routes/subscriptions)
     ("POST", "/subscriptions/{source}"): OWN_SECRET,
     ("PUT", "/subscriptions/{source}"): OWN_SECRET,
@@ -66,6 +71,9 @@ POLICY: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/tasks/{task_id}/status"): _WORK_TASKS,
     ("GET", "/patients"): _PATIENTS,
     ("GET", "/patients/{source}/{patient_id}/history"): _PATIENTS,
+    ("GET", "/patients/links"): _ADMIN,
+    ("POST", "/patients/links"): _ADMIN,
+    ("DELETE", "/patients/links"): _ADMIN,
     ("GET", "/sources"): _OPERATE,
     ("GET", "/quarantine"): _OPERATE,
     ("GET", "/outbox"): _OPERATE,
@@ -73,6 +81,14 @@ POLICY: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/outbox/{entry_id}/retry"): _ADMIN,
     ("POST", "/outbox/{entry_id}/discard"): _ADMIN,
     ("GET", "/audit"): _ADMIN,
+    # Family contacts and coordinators' sharing flags (routes/family.py, docs/family.md)
+    ("GET", "/family/contacts"): _PATIENTS,
+    ("POST", "/family/sharing"): _WORK_TASKS,
+    # The daily huddle and outcome figures: task data, as the queues are (routes/huddle.py,
+    # routes/outcomes.py); no patient data beyond task ids and patient references.
+    ("GET", "/huddle"): _READ_TASKS,
+    ("GET", "/outcomes"): _READ_TASKS,
+    ("GET", "/outcomes.csv"): _READ_TASKS,
 }
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import RedirectResponse
 
 from fhir_bridge.api import errors
 from fhir_bridge.api.access import guard
@@ -14,9 +15,13 @@ from fhir_bridge.api.auth import API_KEY_HEADER, Authenticator
 from fhir_bridge.api.middleware import REQUEST_ID_HEADER, RequestContextMiddleware
 from fhir_bridge.api.routes import (
     audit,
+    family,
     health,
+    huddle,
+    me,
     ops,
     outbox,
+    outcomes,
     patients,
     queues,
     subscriptions,
@@ -29,6 +34,8 @@ from fhir_bridge.api.security import (
     TokenBucket,
 )
 from fhir_bridge.runtime import Bridge
+from fhir_bridge.web import UI_PATH, prefers_html
+from fhir_bridge.web import router as ui_router
 
 
 def create_app(bridge: Bridge) -> FastAPI:
@@ -54,6 +61,11 @@ def create_app(bridge: Bridge) -> FastAPI:
     app.include_router(health.router)
     app.include_router(subscriptions.router)
     app.include_router(audit.router)
+    app.include_router(me.router)
+    app.include_router(family.router)
+    app.include_router(huddle.router)
+    app.include_router(outcomes.router)
+    app.include_router(ui_router)
     # Innermost first: audit sees the final status; the request context wraps everything.
     app.add_middleware(AuditMiddleware, bridge=bridge)
     app.add_middleware(BodyLimitMiddleware, max_bytes=auth.max_body_bytes)
@@ -70,9 +82,13 @@ def create_app(bridge: Bridge) -> FastAPI:
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(RequestContextMiddleware, metrics=bridge.metrics)
 
-    @app.get("/", include_in_schema=False)
-    def index() -> dict[str, Any]:
+    @app.get("/", include_in_schema=False, response_model=None)
+    def index(request: Request) -> dict[str, Any] | RedirectResponse:
+        if prefers_html(request):  # a browser: the web UI; API clients get the map below
+            return RedirectResponse(UI_PATH)
         return {
+            "ui": UI_PATH,
+            "me": "/me",
             "name": "fhir_bridge",
             "queues": "/queues",
             "tasks": "/tasks",

@@ -25,6 +25,8 @@ class TaskOut(BaseModel):
     queue: str
     kind: str
     title: str
+    description: str | None = Field(description="what to do, in words (the rule's template)")
+    labels: list[str]
     status: TaskStatus
     priority: str
     due: datetime | None
@@ -48,6 +50,8 @@ class TaskOut(BaseModel):
             queue=task.queue,
             kind=task.kind,
             title=task.title,
+            description=task.description,
+            labels=list(task.labels),
             status=task.status,
             priority=task.priority.value,
             due=task.due,

@@ -8,6 +8,7 @@ of the name (given, family or text); a birth date matches exactly or by prefix (
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,7 +93,22 @@ def _match(stored: StoredResource) -> PatientMatch:
 
 
 def search_patients(store: Store, query: PatientQuery, limit: int = 50) -> list[PatientMatch]:
-    """Stored Patients matching `query` (all sources), by name then source and id."""
-    found = [_match(p) for p in store.iter_resources("Patient") if matches(p.body, query)]
+    """Stored Patients matching `query` (all sources), by name then source and id.
+
+    With a `system|value` identifier the candidates come from the store's identifier index;
+    otherwise every stored Patient is read (fine for thousands; a name index is next).
+    """
+    candidates: Iterable[StoredResource]
+    system, _, value = (query.identifier or "").rpartition("|")
+    if system and value:
+        records = store.patients_with_identifier(system, value)
+        candidates = (
+            stored
+            for source, pid in records
+            if (stored := store.get_resource(source, "Patient", pid)) is not None
+        )
+    else:
+        candidates = store.iter_resources("Patient")
+    found = [_match(p) for p in candidates if matches(p.body, query)]
     found.sort(key=lambda m: (m.name or "", m.source, m.id))
     return found[:limit]

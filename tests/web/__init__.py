@@ -1,0 +1,1 @@
+"""Web UI tests: static serving, and the real app in headless Chromium."""

@@ -35,6 +35,73 @@ def _deceased(patient: dict) -> bool:
     return bool(patient.get("deceasedBoolean")) or "deceasedDateTime" in patient
 
 
+def consented_patients() -> set[str]:
+    """Patients with a contact they authorized: an active privacy Consent permitting one of
+    their RelatedPersons (coordinators' flags do not exist on a first load)."""
+    relatives = {
+        f"RelatedPerson/{r['id']}": r["patient"]["reference"]
+        for r in sample("RelatedPerson")
+        if r.get("active", True)
+    }
+    out = set()
+    for c in sample("Consent"):
+        scopes = {x.get("code") for x in c.get("scope", {}).get("coding", [])}
+        provision = c.get("provision", {})
+        if c["status"] != "active" or "patient-privacy" not in scopes:
+            continue
+        if provision.get("type", "permit") != "permit":
+            continue
+        for actor in provision.get("actor", []):
+            ref = actor["reference"]["reference"]
+            if relatives.get(ref) == c["patient"]["reference"]:
+                out.add(c["patient"]["reference"])
+    return out
+
+
+def _effective(statement: dict, end: str) -> datetime | None:
+    period = statement.get("effectivePeriod")
+    if period is not None:
+        return _at(period.get(end))
+    return _at(statement.get("effectiveDateTime")) if end == "start" else None
+
+
+def expected_family_tasks(now: datetime) -> dict[str, int]:
+    """Active family tasks (mappings/family.yaml, docs/family.md) at `now`."""
+    told = consented_patients()
+    appointments = [a for a in sample("Appointment") if _patient(a) in told]
+    statements = [s for s in sample("MedicationStatement") if s["subject"]["reference"] in told]
+    lookback = now - timedelta(days=30)
+
+    def start(a: dict) -> datetime | None:
+        return _at(a.get("start"))
+
+    def since(s: dict, end: str) -> bool:
+        when = _effective(s, end)
+        return when is not None and when >= lookback
+
+    return {
+        "family-appointment-booked": sum(
+            a["status"] == "booked" and start(a) is not None and start(a) >= now
+            for a in appointments
+        ),
+        "family-appointment-cancelled": sum(
+            a["status"] == "cancelled" and start(a) is not None and start(a) >= now
+            for a in appointments
+        ),
+        "family-appointment-missed": sum(
+            a["status"] == "noshow" and start(a) is not None and start(a) >= lookback
+            for a in appointments
+        ),
+        "family-medication-started": sum(
+            s["status"] == "active" and since(s, "start") for s in statements
+        ),
+        "family-medication-stopped": sum(
+            s["status"] == "stopped" and since(s, "end") for s in statements
+        ),
+        "family-authorization-decided": 0,  # CoverageEligibilityResponse is not in the sample
+    }
+
+
 def expected_active_tasks(now: datetime) -> dict[str, int]:
     """Active tasks per rule after one initial load of the sample population at `now`."""
     appointments = sample("Appointment")
@@ -120,4 +187,5 @@ def expected_active_tasks(now: datetime) -> dict[str, int]:
             and not _deceased(p)
             for p in patients
         ),
+        **expected_family_tasks(now),
     }

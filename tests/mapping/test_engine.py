@@ -67,8 +67,14 @@ DEFAULT_RULES = {
     "prior-authorization",
     "intake-review",
     "update-contact-details",
+    "family-appointment-booked",
+    "family-appointment-cancelled",
+    "family-appointment-missed",
+    "family-medication-started",
+    "family-medication-stopped",
+    "family-authorization-decided",
 }
-QUEUE_NAMES = {"scheduling", "follow-up", "medications", "insurance", "records"}
+QUEUE_NAMES = {"scheduling", "follow-up", "medications", "insurance", "records", "family"}
 
 
 def by_id(resource_type: str, resource_id: str) -> dict[str, Any]:
@@ -132,7 +138,7 @@ def loaded_store(rules):
 
 
 def test_default_mappings_load(rules):
-    """The default folder gives the 13 rules, the types they read and the five queues."""
+    """The default folder gives the 19 rules, the types they read and the six queues."""
     assert {r.id for r in rules.rules} == DEFAULT_RULES
     assert rules.resource_types == {
         "Patient",
@@ -140,6 +146,7 @@ def test_default_mappings_load(rules):
         "Appointment",
         "MedicationStatement",
         "CoverageEligibilityRequest",
+        "CoverageEligibilityResponse",  # family-authorization-decided (not pulled by default)
     }
     assert rules.queues == QUEUE_NAMES
     assert set(rules.queue_info) == QUEUE_NAMES
@@ -153,12 +160,17 @@ def test_dependents_and_dependency_order(rules):
         "pre-visit-coverage-check"
     ]
     assert [r.id for r in rules.dependents("Appointment")] == ["schedule-follow-up"]
-    assert rules.dependents("Patient") == []
+    family = [r.id for r in rules.rules if r.id.startswith("family-")]
+    for rtype in ("Patient", "RelatedPerson", "Consent"):
+        assert [r.id for r in rules.dependents(rtype)] == family
     order = dependency_order(DEFAULT_RESOURCE_TYPES, rules)
     assert sorted(order) == sorted(DEFAULT_RESOURCE_TYPES)
     assert order.index("Coverage") < order.index("Appointment")
     assert order.index("CoverageEligibilityRequest") < order.index("Appointment")
     assert order.index("Appointment") < order.index("CarePlan")
+    for rtype in ("RelatedPerson", "Consent"):  # who may be told, before what to tell
+        assert order.index(rtype) < order.index("Appointment")
+        assert order.index(rtype) < order.index("MedicationStatement")
 
 
 def test_active_tasks_per_rule_match_an_independent_count(rules, loaded_store):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,12 +24,14 @@ from fhir_bridge.mapping.expr import (
     Expr,
     ExpressionError,
     Functions,
+    LazyEnv,
     Template,
     compile_expr,
     compile_template,
 )
 from fhir_bridge.mapping.guard import Guard, build_guard
 from fhir_bridge.mapping.locate import Positions
+from fhir_bridge.mapping.messages import MESSAGES_DIR, Messages
 from fhir_bridge.mapping.model import MappingFile, Queue, QueuesFile, Rule
 from fhir_bridge.tasks.model import Priority, TaskDraft, TaskStatus, task_id
 from fhir_bridge.validate.parse import is_known_type
@@ -36,7 +39,10 @@ from fhir_bridge.validate.parse import is_known_type
 log = get_logger("mapping")
 
 QUEUES_FILE = "queues.yaml"
-ACTION_VARIABLES = ("note", "coordinator")  # given to on_status actions by write-back
+ACTION_VARIABLES = ("note", "coordinator", "task")  # given to on_status actions by write-back
+# `%family`: the patient's contacts the patient authorized us to tell (patients/contacts.py),
+# computed on first use from the lookup (Patient, RelatedPerson, Consent; coordinators' flags).
+FAMILY = "family"
 CONCEPTMAPS_DIR = "conceptmaps"
 TESTS_DIR = "tests"
 _PRIORITIES = {p.value for p in Priority}
@@ -159,7 +165,7 @@ class CompiledRule:
         """
         ev = Evaluation(self.id)
         scope = _Scope(self, resource, lookup, ev)
-        scope.env.update(now=now.astimezone(UTC).isoformat(), source=source)
+        scope.env.update(now=_instant_text(now), source=source)
         try:
             if full:
                 scope.need(self.names, "let")
@@ -169,8 +175,7 @@ class CompiledRule:
                 ev.reason = f"'when' is not true ({failed} is not one of its values)"
                 ev.scope = scope
                 return ev
-            scope.need(self.when.variables, "when")
-            scope.step = "when"
+            scope.step = "when"  # names are computed as `when` reaches them (lazy env)
             result = self.when(resource, scope.env)
             ev.values["when"] = result
             ev.matched = result == [True]
@@ -189,6 +194,16 @@ class CompiledRule:
             ev.draft = None
             ev.close = None
         return ev
+
+    @cached_property
+    def let_table(self) -> dict[str, Expr]:
+        """The `let` expressions by name (read only)."""
+        return dict(self.lets)
+
+    @cached_property
+    def related_table(self) -> dict[str, tuple[str, Expr | None]]:
+        """The `related` (type, where) by name (read only)."""
+        return {name: (rtype, where) for name, rtype, where in self.related}
 
     @property
     def names(self) -> list[str]:
@@ -273,10 +288,10 @@ class _Scope:
         self.resource = resource
         self.lookup = lookup
         self.ev = ev
-        self.env: dict[str, Any] = {}
+        self.env: dict[str, Any] = _ScopeEnv(self)
         self.step = "let"
-        self._lets = dict(rule.lets)
-        self._related = {name: (rtype, where) for name, rtype, where in rule.related}
+        self._lets = rule.let_table
+        self._related = rule.related_table
         self._patient: tuple[str | None] | None = None
 
     def patient(self) -> str | None:
@@ -300,6 +315,11 @@ class _Scope:
                 self.need(expr.variables, step)
                 self.step = f"let.{name}"
                 self.env[name] = self.ev.values[f"%{name}"] = expr(self.resource, self.env)
+            elif name == FAMILY:
+                from fhir_bridge.patients.contacts import rule_contacts
+
+                self.env[name] = rule_contacts(self.lookup, self.patient())
+                self.ev.values[f"%{name}"] = [c["reference"] for c in self.env[name]]
             elif name in self._related:
                 rtype, where = self._related[name]
                 patient = self.patient()
@@ -313,12 +333,33 @@ class _Scope:
                 self.ev.values[f"%{name}"] = [f"{r['resourceType']}/{r.get('id')}" for r in found]
 
 
+class _ScopeEnv(LazyEnv):
+    """A scope's variables: a rule's name is computed when an expression first reads it."""
+
+    def __init__(self, scope: _Scope) -> None:
+        super().__init__()
+        self.scope = scope
+
+    def __missing__(self, name: str) -> Any:
+        scope = self.scope
+        step = scope.step
+        scope.need((name,), step)
+        scope.step = step  # what fails later is still the expression that asked
+        return dict.__getitem__(self, name)  # KeyError: not one of the rule's names
+
+
 def _holds(guard: Guard, expr: Expr, resource: dict[str, Any], env: dict[str, Any]) -> bool:
     """`expr` is true on `resource`, asking the guard first (it often settles it alone)."""
     settled = guard.decide(resource)
     if settled is not None:
         return settled
     return expr(resource, env) == [True]
+
+
+@lru_cache(maxsize=8)
+def _instant_text(now: datetime) -> str:
+    """`%now` as text (one clock reading serves a whole page of evaluations)."""
+    return now.astimezone(UTC).isoformat()
 
 
 def parse_when(value: Any) -> datetime | None:
@@ -503,7 +544,12 @@ def compile_folder(
     except MappingError as exc:
         problems.append(Problem(exc.file, 1, 1, None, None, str(exc).split(": ", 1)[-1]))
         concept_maps = ConceptMaps()
-    functions = concept_maps.functions()
+    try:  # the plain-language message templates of `message()` (mapping/messages.py)
+        messages = Messages.load(folder / MESSAGES_DIR)
+    except MappingError as exc:
+        problems.append(Problem(exc.file, 1, 1, None, None, str(exc).split(": ", 1)[-1]))
+        messages = Messages()
+    functions = {**concept_maps.functions(), **messages.functions()}
     paths = list(files) if files is not None else rule_files(folder)
     if not paths:
         problems.append(Problem(str(folder), 1, 1, None, None, "no mapping files (*.yaml)"))
@@ -550,7 +596,7 @@ def _compile_rule(
     if not is_known_type(rtype):
         ctx.add([*loc, "resource"], rule.id, "resource", f"unknown FHIR resource type {rtype!r}")
         return None
-    names: list[str] = []
+    names: list[str] = [FAMILY]
 
     def expr(text: str, key: Sequence[str | int], on: str | None = rtype) -> Expr | None:
         try:

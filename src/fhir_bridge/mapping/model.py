@@ -39,6 +39,7 @@ NAME = r"^[a-z_][a-z0-9_]{0,63}$"
 # Names fhirpathpy or FHIRPath itself gives a meaning to; a `let` or `related` may not take them.
 RESERVED_NAMES = frozenset(
     {"now", "context", "resource", "rootResource", "ucum", "sct", "loinc", "source", "focus"}
+    | {"family", "task"}  # contacts (mapping.engine.FAMILY); the task, in on_status actions
 )
 
 

@@ -3,7 +3,8 @@
 The view is assembled from `Store.resources_for_patient` for each linked record (see
 `identity`): demographics field by field (conflicts between sources shown, never resolved
 silently), care plans, appointments, medications, coverage and eligibility requests, and
-the coordinator tasks about the patient. Every item names the source and version it came
+the coordinator tasks about the patient, and the family contacts (`patients.contacts`) with
+whether the patient authorized sharing with each. Every item names the source and version it came
 from; a resource mirrored in two sources is listed once, with `also_in` naming the mirrors
 (matched by identifier system|value when it has one, else by identical content).
 """
@@ -15,7 +16,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from fhir_bridge.patients.contacts import Contact, record_contacts
 from fhir_bridge.patients.identity import Link, PatientRecord, linked_records
+from fhir_bridge.patients.text import concept_text
 from fhir_bridge.store.base import Store, StoredResource
 from fhir_bridge.tasks.model import Task
 
@@ -89,21 +92,11 @@ class PatientHistory:
     coverage: dict[str, list[HistoryItem]]
     other: list[HistoryItem]
     tasks: dict[str, list[TaskItem]]
+    # Family contacts of every linked record, each with whether sharing is authorized and why.
+    contacts: list[Contact] = field(default_factory=list)
 
 
 # -- plain-language pieces -------------------------------------------------------------------
-
-
-def concept_text(concept: Any) -> str | None:
-    """The readable text of a CodeableConcept: its text, else the first coding display/code."""
-    if not isinstance(concept, dict):
-        return None
-    if concept.get("text"):
-        return str(concept["text"])
-    for coding in concept.get("coding") or []:
-        if isinstance(coding, dict) and (coding.get("display") or coding.get("code")):
-            return str(coding.get("display") or coding.get("code"))
-    return None
 
 
 def _first_concept(concepts: Any) -> str | None:
@@ -395,6 +388,8 @@ def patient_history(
         by_type.setdefault(item.type, []).append(item)
     tasks = _tasks(store, records)
     meds = by_type.pop("MedicationStatement", [])
+    by_type.pop("RelatedPerson", None)  # listed under `contacts`, with their authorization
+    contacts = [c for rec in records for c in record_contacts(store, rec.source, rec.id)]
     _reconciled(meds, tasks)
     active_tasks = [t for t in tasks if t.is_active]
     closed_tasks = [t for t in tasks if not t.is_active]
@@ -428,6 +423,7 @@ def patient_history(
             "open": [_task_item(t) for t in active_tasks],
             "closed": [_task_item(t) for t in closed_tasks],
         },
+        contacts=contacts,
     )
 
 

@@ -41,6 +41,7 @@ _BY_TYPE: dict[str, Callable[[dict[str, Any]], str | None]] = {
     "Encounter": lambda r: _ref(r.get("subject")),
     "Task": lambda r: _ref(r.get("for")),
     "RelatedPerson": lambda r: _ref(r.get("patient")),
+    "Consent": lambda r: _ref(r.get("patient")),
     "Communication": lambda r: _ref(r.get("subject")),
 }
 

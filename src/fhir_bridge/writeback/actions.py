@@ -28,7 +28,7 @@ from fhir_bridge.writeback.paths import get_values, set_value
 
 ACTION_NAMES = {"update_focus": "update-focus", "create": "create", "task_output": "task-output"}
 OUTPUT_SYSTEM = "urn:fhir-bridge:task-output"
-ACTION_VARIABLES = ("note", "coordinator")
+ACTION_VARIABLES = ("note", "coordinator", "task")
 _MAX_REAPPLY = 3  # re-reads after 412 before we call it a busy resource and retry later
 
 
@@ -61,6 +61,11 @@ def _expr(text: str) -> Expr:
 @lru_cache(maxsize=256)
 def _template(text: str) -> Template:
     return compile_template(text, None, ACTION_VARIABLES, {})
+
+
+def task_scope(task: Task) -> dict[str, Any]:
+    """`%task` of an action: what the rule rendered (a family message is its description)."""
+    return {"id": task.id, "description": task.description or "", "labels": list(task.labels)}
 
 
 def _plain(value: Any) -> Any:

@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from fhirpathpy.models import models
-from fhirpathpy.parser import parse
+
+from fhir_bridge.mapping.parsing import parse_tree
 
 _MODEL = models["r4"]
 _PATH2TYPE: dict[str, str] = _MODEL["path2Type"]
@@ -140,5 +141,5 @@ def unknown_elements(expression: str, resource_type: str) -> list[str]:
     The expression must already be syntactically valid.
     """
     walker = _Walker(resource_type)
-    walker.infer(parse(expression), resource_type)  # type: ignore[no-untyped-call]
+    walker.infer(parse_tree(expression), resource_type)
     return [f"unknown element {name!r} on {on}" for name, on in walker.unknown]

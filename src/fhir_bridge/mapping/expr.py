@@ -15,15 +15,15 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from fhirpathpy import compile as fhirpath_compile
+from fhirpathpy import apply_parsed_path
 from fhirpathpy.engine.invocations import invocation_registry
 from fhirpathpy.engine.nodes import FP_DateTime
+from fhirpathpy.engine.util import set_paths
 from fhirpathpy.models import models
-from fhirpathpy.parser import parse
 
 from fhir_bridge.mapping.elements import unknown_elements
 from fhir_bridge.mapping.fastpath import Fallback, compile_fast
-from fhir_bridge.mapping.syntax import fhirpath_syntax_errors
+from fhir_bridge.mapping.parsing import parse_tree, syntax_errors
 
 _R4 = models["r4"]
 _INTERPOLATION = re.compile(r"\{\{(.+?)\}\}")
@@ -96,7 +96,7 @@ def compile_expr(
 
     :raises ExpressionError: with every problem found.
     """
-    problems = fhirpath_syntax_errors(text)
+    problems = syntax_errors(text)
     if not problems:
         if resource_type:
             problems += unknown_elements(text, resource_type)
@@ -106,7 +106,11 @@ def compile_expr(
     if problems:
         raise ExpressionError("; ".join(problems))
     try:
-        fn = fhirpath_compile(text, model=_R4, options={"userInvocationTable": dict(functions)})
+        # fhirpathpy's `compile`, over the shared parse tree
+        options = {"userInvocationTable": dict(functions)}
+        fn = set_paths(  # type: ignore[no-untyped-call]
+            apply_parsed_path, parsedPath=parse_tree(text), model=_R4, options=options
+        )
     except Exception as exc:  # fhirpathpy raises bare Exception
         raise ExpressionError(str(exc) or type(exc).__name__) from None
     return Expr(text, fn, compile_fast(text, functions))
@@ -135,7 +139,7 @@ def _function_problems(text: str, functions: Functions) -> list[str]:
         for child in node.get("children", []):
             walk(child)
 
-    walk(parse(text))  # type: ignore[no-untyped-call]
+    walk(parse_tree(text))
     return problems
 
 

@@ -31,7 +31,8 @@ from functools import lru_cache
 from typing import Any
 
 from fhirpathpy.models import models
-from fhirpathpy.parser import parse
+
+from fhir_bridge.mapping.parsing import parse_tree
 
 Env = Mapping[str, Any]
 # A compiled node: (focus collection, root resource, env) -> collection.
@@ -76,7 +77,7 @@ class Quantity:
 def compile_fast(text: str, functions: Functions) -> Callable[[Any, Env], list[Any]] | None:
     """A closure equivalent to the FHIRPath `text`, or None when it is outside the subset."""
     try:
-        node = _Compiler(functions).compile(parse(text))  # type: ignore[no-untyped-call]
+        node = _Compiler(functions).compile(parse_tree(text))
     except Unsupported:
         return None
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fhirpathpy.parser import parse
+from fhir_bridge.mapping.parsing import parse_tree
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,6 @@ def _exact(node: dict[str, Any]) -> bool:
 
 def build_guard(when: str) -> Guard:
     """The guard of a (syntactically valid) `when` expression; it may have no tests."""
-    tree = parse(when)  # type: ignore[no-untyped-call]
+    tree = parse_tree(when)
     necessary = _necessary(tree)
     return Guard(tuple(sorted(necessary.items())), exact=bool(necessary) and _exact(tree))

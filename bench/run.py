@@ -46,6 +46,7 @@ from typing import Any
 import bulk  # bench/bulk.py, next to this file
 import httpx
 import orjson
+import redis_scale  # bench/redis_scale.py: store operations per engine, memory per task
 from fhir.resources.R4B import get_fhir_model_class
 
 from fhir_bridge.config import DEFAULT_RESOURCE_TYPES, Settings, SourceConfig, StorageConfig
@@ -544,6 +545,8 @@ def table_rows(r: dict[str, Any]) -> list[Row]:
                     two["per_second"],
                 ),
             ]
+    if "redis_scale" in r:
+        rows += redis_scale.table_rows(r)
     return rows
 
 
@@ -647,6 +650,7 @@ def main() -> None:
             results["api"] = bench_api(folder, tmp, args.api_requests)
         if "redis" not in args.skip:
             results["redis"] = bench_redis(args.redis_half, tmp, sqlite_rate)
+            results["redis_scale"] = redis_scale.bench(tmp)
     results["meta"]["seconds"] = round(time.perf_counter() - started, 1)
     rows = table_rows(results)
     results["table"] = [{"name": n, "figure": f, "ratio": r, "value": v} for n, f, r, v in rows]

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from fhir_bridge.api import create_app
 from fhir_bridge.config import Settings, SourceConfig, StorageConfig, WritebackConfig
@@ -19,6 +23,7 @@ from tests.utils import NOW, ROOT, sample
 pytestmark = pytest.mark.integration
 
 SYSTEM = "urn:fhir-bridge:task"
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def expected_tasks_per_rule() -> dict[str, int]:
@@ -34,17 +39,37 @@ def active_tasks_per_rule(bridge: Bridge) -> dict[str, int]:
     }
 
 
-def make_bridge(url: str, tmp_path: Path, **source: object) -> Bridge:
-    """A bridge on a fresh SQLite file, syncing the SEKMET at `url`."""
+def make_bridge(
+    url: str, tmp_path: Path, storage: StorageConfig | None = None, **source: object
+) -> Bridge:
+    """A bridge on a fresh SQLite file (or `storage`), syncing the SEKMET at `url`."""
     settings = Settings(
         auth={"enabled": False},  # not about access control
         sources=(SourceConfig(name="sekmet", base_url=url, page_size=50, **source),),
-        storage=StorageConfig(path=tmp_path / "bridge.db"),
+        storage=storage or StorageConfig(path=tmp_path / "bridge.db"),
         writeback=WritebackConfig(interval=0.1),
         mappings_dir=ROOT / "mappings",
         profiles_dir=ROOT / "profiles",
     )
     return Bridge(settings, clock=lambda: NOW)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def storage(request, tmp_path) -> Iterator[StorageConfig]:
+    """Each engine in turn: a fresh SQLite file, or a fresh key prefix on the real Redis
+    (deleted afterwards): `run` on Redis must behave like the embedded default."""
+    if request.param == "sqlite":
+        yield StorageConfig(path=tmp_path / "bridge.db")
+        return
+    config = StorageConfig(
+        engine="redis", redis_url=REDIS_URL, key_prefix=f"e2e-{uuid.uuid4().hex}"
+    )
+    yield config
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match="{" + config.key_prefix + "}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +78,14 @@ def seeded_url(sekmet_factory) -> str:
     return seeded_server(sekmet_factory)
 
 
-async def test_sync_makes_exactly_the_expected_tasks_and_resync_adds_none(seeded_url, tmp_path):
-    """One sync makes the independently computed number of tasks per rule; a second makes none."""
+async def test_sync_makes_exactly_the_expected_tasks_and_resync_adds_none(
+    seeded_url, tmp_path, storage
+):
+    """One sync makes the independently computed number of tasks per rule; a second makes none
+    (on each engine)."""
     expected = expected_tasks_per_rule()
     assert sum(n > 0 for n in expected.values()) >= 10, expected
-    bridge = make_bridge(seeded_url, tmp_path)
+    bridge = make_bridge(seeded_url, tmp_path, storage)
     try:
         [report] = await bridge.sync_once()
         assert report.ok, [t.error for t in report.types]
@@ -78,9 +106,12 @@ async def test_sync_makes_exactly_the_expected_tasks_and_resync_adds_none(seeded
         bridge.close()
 
 
-async def test_completing_a_task_in_the_api_writes_a_completed_fhir_task(seeded_url, tmp_path):
-    """Claim + complete through the API, deliver the outbox: SEKMET holds a completed Task."""
-    bridge = make_bridge(seeded_url, tmp_path)
+async def test_completing_a_task_in_the_api_writes_a_completed_fhir_task(
+    seeded_url, tmp_path, storage
+):
+    """Claim + complete through the API, deliver the outbox: SEKMET holds a completed Task
+    (on each engine)."""
+    bridge = make_bridge(seeded_url, tmp_path, storage)
     try:
         await bridge.sync_once()
         app = create_app(bridge)

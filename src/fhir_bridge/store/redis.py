@@ -32,6 +32,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -281,6 +282,69 @@ def _quarantine_member(source: str, resource_type: str, key: str) -> str:
     return json.dumps([key, source, resource_type])
 
 
+@dataclass(frozen=True)
+class _ResourceWrite:
+    """One resource to store: its key and fields, and the index changes it needs."""
+
+    source: str
+    rtype: str
+    rid: str
+    digest: str
+    patient: str | None
+    key: str
+    fields: dict[str, str]
+    idents: tuple[str, ...]
+
+    @classmethod
+    def of(cls, k: Keys, source: str, resource: dict[str, Any], digest: str) -> _ResourceWrite:
+        rtype, rid = resource["resourceType"], resource["id"]
+        meta = resource.get("meta") or {}
+        patient = patient_reference(resource)
+        fields = _present(
+            {
+                "source": source,
+                "type": rtype,
+                "id": rid,
+                "hash": digest,
+                "body": json.dumps(resource, separators=(",", ":")),
+                "version_id": meta.get("versionId"),
+                "last_updated": meta.get("lastUpdated"),
+                "stored_at": _ts(datetime.now(UTC)),
+                "patient": patient,
+            }
+        )
+        idents = tuple(_patient_identifiers(resource)) if rtype == "Patient" else ()
+        if idents:
+            fields["identifiers"] = json.dumps(list(idents))
+        key = k.resource(source, rtype, rid)
+        return cls(source, rtype, rid, digest, patient, key, fields, idents)
+
+    def queue(
+        self,
+        pipe: Pipeline,
+        k: Keys,
+        old_hash: str | None,
+        old_patient: str | None,
+        old_idents: str | None,
+    ) -> None:
+        """Queue the writes (inside MULTI) over what was stored before."""
+        member, record = f"{self.rtype}/{self.rid}", f"{self.source}/{self.rid}"
+        for ident in set(json.loads(old_idents or "[]")) - set(self.idents):
+            pipe.srem(k.patient_identifier(ident), record)
+        for ident in self.idents:
+            pipe.sadd(k.patient_identifier(ident), record)
+        if old_hash is None:
+            pipe.hincrby(k.resource_counts(self.source), self.rtype, 1)
+            pipe.sadd(k.sources, self.source)
+            pipe.zadd(k.resource_ids(self.source, self.rtype), {self.rid: 0})
+        elif old_patient is not None and old_patient != self.patient:
+            pipe.zrem(k.resource_patient(self.source, old_patient), member)
+        if self.patient is not None:
+            pipe.zadd(k.resource_patient(self.source, self.patient), {member: 0})
+        pipe.delete(self.key)
+        _hset(pipe, self.key, self.fields)
+
+
 class RedisStore(Store):
     """Storage in Redis under one key prefix.
 
@@ -373,52 +437,47 @@ class RedisStore(Store):
     # -- resources ---------------------------------------------------------------------------
     @_translate
     def put_resource(self, source: str, resource: dict[str, Any], content_hash: str) -> bool:
-        k = self.keys
-        rtype, rid = resource["resourceType"], resource["id"]
-        meta = resource.get("meta") or {}
-        patient = patient_reference(resource)
-        fields = _present(
-            {
-                "source": source,
-                "type": rtype,
-                "id": rid,
-                "hash": content_hash,
-                "body": json.dumps(resource, separators=(",", ":")),
-                "version_id": meta.get("versionId"),
-                "last_updated": meta.get("lastUpdated"),
-                "stored_at": _ts(datetime.now(UTC)),
-                "patient": patient,
-            }
-        )
-        key, member = k.resource(source, rtype, rid), f"{rtype}/{rid}"
-        idents = _patient_identifiers(resource) if rtype == "Patient" else []
-        if idents:
-            fields["identifiers"] = json.dumps(idents)
+        return self.put_resources(source, [(resource, content_hash)])[0]
 
-        def body(pipe: Pipeline) -> Finish[bool]:
-            old_hash, old_patient, old_idents = cast(
-                list[str | None], pipe.hmget(key, ["hash", "patient", "identifiers"])
-            )
-            if old_hash == content_hash:
-                return lambda _: False
+    @_translate
+    def put_resources(self, source: str, items: Sequence[tuple[dict[str, Any], str]]) -> list[bool]:
+        # One transaction for a page: WATCH its keys, read what is stored in one pipelined
+        # round trip (after the WATCH, so a concurrent write still aborts EXEC), queue every
+        # write, EXEC once. One round trip per resource made Redis ingest ~3x slower.
+        if not items:
+            return []
+        writes = [_ResourceWrite.of(self.keys, source, r, digest) for r, digest in items]
+        keys = list(dict.fromkeys(w.key for w in writes))
+
+        def body(pipe: Pipeline) -> Finish[list[bool]]:
+            with self._redis.pipeline(transaction=False) as reads:
+                for key in keys:
+                    reads.hmget(key, ["hash", "patient", "identifiers"])
+                stored = dict(zip(keys, cast(list[list[str | None]], reads.execute()), strict=True))
             pipe.multi()
-            for ident in set(json.loads(old_idents or "[]")) - set(idents):
-                pipe.srem(k.patient_identifier(ident), f"{source}/{rid}")
-            for ident in idents:
-                pipe.sadd(k.patient_identifier(ident), f"{source}/{rid}")
-            if old_hash is None:
-                pipe.hincrby(k.resource_counts(source), rtype, 1)
-                pipe.sadd(k.sources, source)
-                pipe.zadd(k.resource_ids(source, rtype), {rid: 0})
-            elif old_patient is not None and old_patient != patient:
-                pipe.zrem(k.resource_patient(source, old_patient), member)
-            if patient is not None:
-                pipe.zadd(k.resource_patient(source, patient), {member: 0})
-            pipe.delete(key)
-            _hset(pipe, key, fields)
-            return lambda _: True
+            done = []
+            for w in writes:
+                old_hash, old_patient, old_idents = stored[w.key]
+                if old_hash == w.digest:
+                    done.append(False)
+                    continue
+                w.queue(pipe, self.keys, old_hash, old_patient, old_idents)
+                stored[w.key] = [w.digest, w.patient, w.fields.get("identifiers")]
+                done.append(True)
+            return lambda _: done
 
-        return self._atomic(body, key)
+        return self._atomic(body, *keys)
+
+    @_translate
+    def resource_hashes(
+        self, source: str, resource_type: str, resource_ids: Sequence[str]
+    ) -> dict[str, str]:
+        ids = list(dict.fromkeys(resource_ids))
+        with self._redis.pipeline(transaction=False) as reads:
+            for rid in ids:
+                reads.hget(self.keys.resource(source, resource_type, rid), "hash")
+            hashes = cast(list[str | None], reads.execute()) if ids else []
+        return {rid: h for rid, h in zip(ids, hashes, strict=True) if h is not None}
 
     @_translate
     def delete_resource(self, source: str, resource_type: str, resource_id: str) -> bool:

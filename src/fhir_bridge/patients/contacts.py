@@ -182,37 +182,35 @@ def contacts_of(
     """Every contact of one patient record of `source`: RelatedPersons first, then the
     Patient.contact entries (whose language is the patient's own: FHIR has none for them)."""
     decisions = consent_decisions(consents)
-    out: list[Contact] = []
-    for rp in related_persons:
-        if rp.get("active") is False:
-            continue
-        ref = f"RelatedPerson/{rp.get('id')}"
-        name, given = _name(rp.get("name"))
-        channel, telecom = _preferred_telecom(rp.get("telecom"))
+
+    def contact(
+        ref: str, kind: str, version: str | None, entry: Mapping[str, Any], language: str | None
+    ) -> Contact:
+        name, given = _name(entry.get("name"))
+        channel, telecom = _preferred_telecom(entry.get("telecom"))
         authorized, basis = _decide(source, ref, decisions, flags)
-        out.append(
-            Contact(
-                ref, "related-person", source, _version(rp), name, given,
-                _text(rp.get("relationship")), channel, telecom,
-                _language(rp.get("communication")), authorized, basis,
-            )
+        return Contact(
+            ref, kind, source, version, name, given, _text(entry.get("relationship")),
+            channel, telecom, language, authorized, basis,
         )  # fmt: skip
+
+    out = [
+        contact(
+            f"RelatedPerson/{rp.get('id')}",
+            "related-person",
+            _version(rp),
+            rp,
+            _language(rp.get("communication")),
+        )
+        for rp in related_persons
+        if rp.get("active") is not False
+    ]
     if patient is not None:
         language = _language(patient.get("communication"))
         for n, entry in enumerate(patient.get("contact") or []):
-            if not isinstance(entry, dict):
-                continue
-            ref = f"Patient/{patient.get('id')}/contact/{n}"
-            name, given = _name(entry.get("name"))
-            channel, telecom = _preferred_telecom(entry.get("telecom"))
-            authorized, basis = _decide(source, ref, decisions, flags)
-            out.append(
-                Contact(
-                    ref, "patient-contact", source, _version(patient), name, given,
-                    _text(entry.get("relationship")), channel, telecom, language,
-                    authorized, basis,
-                )
-            )  # fmt: skip
+            if isinstance(entry, dict):
+                ref = f"Patient/{patient.get('id')}/contact/{n}"
+                out.append(contact(ref, "patient-contact", _version(patient), entry, language))
     return out
 
 

@@ -15,9 +15,9 @@ lookup a mapping rule is given; no PHI is logged here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from fhir_bridge.patients.text import concept_text
 
@@ -214,9 +214,25 @@ def contacts_of(
     return out
 
 
-def source_flags(flags: Mapping[str, Mapping[str, Any]], source: str) -> dict[str, Any]:
-    """The flags of one source (keys keep their `source|` prefix)."""
-    return {k: v for k, v in flags.items() if k.startswith(f"{source}|")}
+class _StoredFlags(Mapping[str, Mapping[str, Any]]):
+    """Coordinators' flags read one key at a time from the store, only for the contacts no
+    Consent decides: `%family` runs on the ingest path, where listing every flag of the
+    installation per evaluation would cost a scan per resource."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    def __getitem__(self, key: str) -> Mapping[str, Any]:
+        found = self._store.get_fact(FACT_KIND, key)
+        if found is None:
+            raise KeyError(key)
+        return cast(Mapping[str, Any], found)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._store.list_facts(FACT_KIND))
+
+    def __len__(self) -> int:
+        return len(self._store.list_facts(FACT_KIND))
 
 
 def rule_contacts(lookup: _Lookup, patient: str | None) -> list[dict[str, Any]]:
@@ -232,8 +248,8 @@ def rule_contacts(lookup: _Lookup, patient: str | None) -> list[dict[str, Any]]:
     source = str(getattr(lookup, "source", "") or "")
     store = getattr(lookup, "store", None)
     flags: Mapping[str, Mapping[str, Any]] = {}
-    if store is not None and hasattr(store, "list_facts"):
-        flags = source_flags(store.list_facts(FACT_KIND), source)
+    if store is not None and hasattr(store, "get_fact"):
+        flags = _StoredFlags(store)
     records = lookup.for_patient("Patient", patient)
     found = contacts_of(
         source,
@@ -255,7 +271,7 @@ def record_contacts(store: Store, source: str, patient_id: str) -> list[Contact]
     for stored in found:
         by_type.setdefault(stored.resource_type, []).append(stored.body)
     patient = next((p for p in by_type.get("Patient", []) if p.get("id") == patient_id), None)
-    flags = source_flags(store.list_facts(FACT_KIND), source)
+    flags = _StoredFlags(store)
     return contacts_of(
         source, patient, by_type.get("RelatedPerson", []), by_type.get("Consent", []), flags
     )

@@ -345,6 +345,50 @@ def test_huddle_and_family_flags_respect_queues_and_identity(app_client: TestCli
     assert admin.status_code == 404  # past the identity check: no such patient
 
 
+def test_outcomes_respect_queues(app_client: TestClient, secured: Bridge, keys):
+    """A coordinator restricted to insurance gets outcome figures over insurance tasks only
+    (no task id or missed-appointment reference from other queues), 403 for another queue;
+    an admin may scope to one queue or see all."""
+    window = {"from": "2026-01-01", "to": "2026-11-26"}
+    headers = bearer(token(keys, "dana", ["coordinator"], queues=["insurance"]))
+    mine = app_client.get("/outcomes", params=window, headers=headers)
+    assert mine.status_code == 200
+    insurance = {t.id for t in secured.store.iter_tasks(queue="insurance")}
+    every = {t.id: t.queue for t in secured.store.iter_tasks()}
+
+    def task_ids(body: Any) -> set[str]:
+        found: set[str] = set()
+        stack = [body]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, dict):
+                for key, value in node.items():
+                    if key.endswith("task_ids"):
+                        found |= set(value)
+                    else:
+                        stack.append(value)
+            elif isinstance(node, list):
+                stack.extend(node)
+        return found
+
+    body = mine.json()
+    assert task_ids(body) <= insurance
+    assert body["no_show_overall"]["missed"] > 0  # the counts are over every appointment ...
+    assert body["no_show_overall"]["appointments"] == []  # ... but none is named to insurance
+    assert {s["queue"] for s in body["sla"]} <= {"all", "insurance"}
+    other = app_client.get("/outcomes", params=window | {"queue": "scheduling"}, headers=headers)
+    assert other.status_code == 403
+    csv_other = app_client.get("/outcomes.csv", params={"queue": "scheduling"}, headers=headers)
+    assert csv_other.status_code == 403
+    admin = role_headers(keys, "admin")
+    everything = app_client.get("/outcomes", params=window, headers=admin).json()
+    assert everything["no_show_overall"]["appointments"]
+    scheduling_ids = task_ids(everything) - insurance
+    assert scheduling_ids and {every[i] for i in scheduling_ids} - {"insurance"}
+    one = app_client.get("/outcomes", params=window | {"queue": "scheduling"}, headers=admin)
+    assert {every[i] for i in task_ids(one.json())} <= {"scheduling"}
+
+
 # -- audit -----------------------------------------------------------------------------------
 
 

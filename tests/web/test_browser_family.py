@@ -166,6 +166,33 @@ def test_outcome_dashboard_draws_the_api_figures(page: Page, live_app: LiveApp):
     expect(page.locator("#task-status")).to_be_visible()
 
 
+def test_outcome_dashboard_scoped_to_one_queue(page: Page, live_app: LiveApp):
+    """Choosing a queue reloads the dashboard with that queue's figures only (the SLA chart
+    then has bars for "all" and that queue at most) and the CSV carries the same scope."""
+    with live_app.api("dana") as api:
+        scoped = api.get("/outcomes", params={"from": FROM, "to": TO, "queue": "insurance"})
+        assert scoped.status_code == 200
+        data = scoped.json()
+        csv_text = api.get(
+            "/outcomes.csv", params={"from": FROM, "to": TO, "queue": "insurance"}
+        ).text
+    assert {r["queue"] for r in data["tasks_per_day"]} <= {"insurance"}
+    remember(page, "dana")
+    page.goto(f"{live_app.url}/ui/#/outcomes")
+    page.get_by_label("Queue", exact=True).select_option("insurance")
+    page.get_by_role("button", name="Show", exact=True).click()
+    expect(page).to_have_url(re.compile(rf"#/outcomes\?from={FROM}&to={TO}&queue=insurance$"))
+    expect(page.get_by_label("Queue", exact=True)).to_have_value("insurance")
+    rated = [r for r in data["sla"] if r["rate"] is not None]
+    expect(bars(page, "chart-sla")).to_have_count(len(rated))
+    days = {r["day"] for r in data["tasks_per_day"]}
+    expect(bars(page, "chart-tasks-per-day")).to_have_count(2 * len(days))
+    with page.expect_download() as info:
+        page.get_by_role("button", name="Download CSV").click()
+    with open(info.value.path(), encoding="utf-8") as handle:
+        assert handle.read() == csv_text
+
+
 def test_coordinator_sets_and_clears_a_family_sharing_flag(page: Page, live_app: LiveApp):
     """A contact no consent covers can be marked authorized and cleared again (the API agrees);
     a contact the patient's Consent decides shows why it cannot be changed."""

@@ -192,24 +192,30 @@ def _rate(
     name: str | None,
     rows: list[tuple[StoredResource, bool]],
     tasks_of: dict[str, list[str]],
+    scoped: bool = False,
 ) -> Rate:
     missed = [f"{s.source}/Appointment/{s.id}" for s, m in rows if m]
     kept = sum(1 for _, m in rows if not m)
     total = kept + len(missed)
     ids = sorted({t for ref in missed for t in tasks_of.get(ref, [])})
+    named = [ref for ref in missed if ref in tasks_of] if scoped else missed
     return Rate(
         group,
         name,
         kept,
         len(missed),
         round(len(missed) / total, 4) if total else None,
-        missed,
+        named,
         ids,
     )
 
 
 def _no_shows(
-    store: Store, start: datetime, end: datetime, tasks_of: dict[str, list[str]]
+    store: Store,
+    start: datetime,
+    end: datetime,
+    tasks_of: dict[str, list[str]],
+    scoped: bool,
 ) -> tuple[list[Rate], list[Rate], Rate]:
     rows: list[tuple[StoredResource, bool]] = []
     for stored in _dedupe(store.iter_resources("Appointment")):
@@ -228,9 +234,9 @@ def _no_shows(
         clinic, name = _clinic(row[0].body)
         clinics.setdefault(clinic, []).append(row)
         names[clinic] = names.get(clinic) or name
-    by_week = [_rate(w, None, r, tasks_of) for w, r in sorted(weeks.items())]
-    by_clinic = [_rate(c, names[c], r, tasks_of) for c, r in sorted(clinics.items())]
-    return by_week, by_clinic, _rate("all", None, rows, tasks_of)
+    by_week = [_rate(w, None, r, tasks_of, scoped) for w, r in sorted(weeks.items())]
+    by_clinic = [_rate(c, names[c], r, tasks_of, scoped) for c, r in sorted(clinics.items())]
+    return by_week, by_clinic, _rate("all", None, rows, tasks_of, scoped)
 
 
 # -- tasks -------------------------------------------------------------------------------------
@@ -244,14 +250,26 @@ def _closing(events: list[TaskEvent]) -> list[TaskEvent]:
     ]
 
 
-def outcomes(store: Store, now: datetime, start: datetime, end: datetime) -> Outcomes:
-    """Every figure for the window [start, end) as the store holds it at `now`."""
-    tasks = list(store.iter_tasks())
+def outcomes(
+    store: Store,
+    now: datetime,
+    start: datetime,
+    end: datetime,
+    queues: frozenset[str] | None = None,
+) -> Outcomes:
+    """Every figure for the window [start, end) as the store holds it at `now`.
+
+    `queues` scopes the figures to those queues' tasks (a coordinator restricted to some
+    queues, or a dashboard for one team). No-show rates stay counts over every appointment
+    (appointments belong to no queue), but only the missed appointments behind an in-scope
+    task are named, so a scoped reader sees no references from other teams' work.
+    """
+    tasks = [t for t in store.iter_tasks() if queues is None or t.queue in queues]
     history = {t.id: store.task_history(t.id) for t in tasks}
     tasks_of: dict[str, list[str]] = {}
     for t in tasks:
         tasks_of.setdefault(f"{t.source}/{t.focus}", []).append(t.id)
-    by_week, by_clinic, overall = _no_shows(store, start, end, tasks_of)
+    by_week, by_clinic, overall = _no_shows(store, start, end, tasks_of, queues is not None)
     completions = {
         t.id: [
             e

@@ -222,33 +222,42 @@ function workload(data) {
   });
 }
 
-function rangeForm(from, to, navigate) {
+function rangeForm(from, to, queue, queues, navigate) {
   const inputs = {
     from: h("input", { type: "date", name: "from", value: from, required: true }),
     to: h("input", { type: "date", name: "to", value: to, required: true }),
+    queue: h(
+      "select",
+      { name: "queue" },
+      h("option", { value: "" }, "Every queue"),
+      queues.map((q) => h("option", { value: q, selected: q === queue }, sentence(q))),
+    ),
   };
   const form = h(
     "form",
-    { class: "filters no-print", "aria-label": "Dates" },
+    { class: "filters no-print", "aria-label": "Dates and queue" },
     field("From", inputs.from, "First day, included"),
     field("To", inputs.to, "Last day, included"),
+    field("Queue", inputs.queue, "Count one queue's tasks only"),
     h("div", { class: "form-actions" }, h("button", { type: "submit" }, "Show")),
   );
   form.addEventListener("submit", (event) => {
     event.preventDefault();
-    navigate(`#/outcomes?from=${inputs.from.value}&to=${inputs.to.value}`);
+    const query = new URLSearchParams({ from: inputs.from.value, to: inputs.to.value });
+    if (inputs.queue.value) query.set("queue", inputs.queue.value);
+    navigate(`#/outcomes?${query}`);
   });
   return form;
 }
 
-function csvButton(from, to) {
+function csvButton(from, to, queue) {
   const status = h("span", { class: "small", "aria-live": "polite" });
   const button = h("button", { type: "button", class: "secondary", id: "download-csv" }, "Download CSV");
   button.addEventListener("click", async () => {
     button.disabled = true;
     status.textContent = "";
     try {
-      const { blob, filename } = await download("/outcomes.csv", { from, to });
+      const { blob, filename } = await download("/outcomes.csv", { from, to, queue });
       // A Blob URL carries the file the API sent with the credential; a plain link could not.
       const url = URL.createObjectURL(blob);
       const link = h("a", { href: url, download: filename, hidden: true });
@@ -266,24 +275,30 @@ function csvButton(from, to) {
   return h("div", { class: "button-row no-print" }, button, status);
 }
 
-/** #/outcomes?from=YYYY-MM-DD&to=YYYY-MM-DD (default: the last 28 days up to today). */
+/**
+ * #/outcomes?from=YYYY-MM-DD&to=YYYY-MM-DD&queue= (default: the last 28 days up to today, every
+ * queue the user may work: a coordinator restricted to some queues gets figures over theirs).
+ */
 export async function outcomesView({ params, navigate }) {
   const to = params.get("to") || isoDay(Date.now());
   const from = params.get("from") || isoDay(Date.parse(`${to}T00:00:00Z`) - (RANGE_DAYS - 1) * DAY);
-  const nodes = [heading(1, "Outcomes"), rangeForm(from, to, navigate)];
+  const queue = params.get("queue") || "";
+  const queues = (await get("/queues")).data.map((q) => q.queue);
+  const nodes = [heading(1, "Outcomes"), rangeForm(from, to, queue, queues, navigate)];
   let data;
   try {
-    data = (await get("/outcomes", { from, to })).data;
+    data = (await get("/outcomes", { from, to, queue })).data;
   } catch (error) {
-    if (error.status !== 422) throw error;
-    nodes.push(notice(`Check the dates: ${error.message}.`, "error"));
+    if (error.status !== 422 && error.status !== 403) throw error;
+    const what = error.status === 403 ? "Choose another queue" : "Check the dates";
+    nodes.push(notice(`${what}: ${error.message}.`, "error"));
     return { title: "Outcomes", nodes };
   }
   const overall = data.no_show_overall;
   const seen = overall.kept + overall.missed;
   nodes.push(
     h("p", { id: "outcomes-range" }, `From ${when(from)} to ${when(to)}, both included (UTC days). Figures as of ${when(data.at)}.`),
-    csvButton(from, to),
+    csvButton(from, to, queue),
     h(
       "p",
       { class: "headline", id: "no-show-overall" },
@@ -293,13 +308,13 @@ export async function outcomesView({ params, navigate }) {
     ),
   );
   const perDay = h("div", { id: "tasks-per-day" }, tasksPerDay(data, ""));
-  const queues = [...new Set(data.tasks_per_day.map((r) => r.queue))].sort();
-  const pick = h("select", { name: "queue" }, h("option", { value: "" }, "All queues"), queues.map((q) => h("option", { value: q }, sentence(q))));
+  const charted = [...new Set(data.tasks_per_day.map((r) => r.queue))].sort();
+  const pick = h("select", { name: "chart-queue" }, h("option", { value: "" }, "All queues"), charted.map((q) => h("option", { value: q }, sentence(q))));
   pick.addEventListener("change", () => perDay.replaceChildren(tasksPerDay(data, pick.value)));
   nodes.push(
     section("Missed appointments", h("div", { class: "chart-grid" }, noShowByWeek(data), noShowByClinic(data))),
     section("Time to act", turnaround(data)),
-    section("Tasks opened and closed", h("div", { class: "no-print" }, field("Queue", pick)), perDay),
+    section("Tasks opened and closed", h("div", { class: "no-print" }, field("Chart one queue", pick)), perDay),
     section("Deadlines and workload", h("div", { class: "chart-grid" }, sla(data), workload(data))),
     h("p", { class: "small" }, "How each figure is computed: see docs/family.md, “Outcome figures”."),
   );

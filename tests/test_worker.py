@@ -10,9 +10,11 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from fastapi.testclient import TestClient
 from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
+from fhir_bridge.api import create_app
 from fhir_bridge.cli_worker import worker_app
 from fhir_bridge.config import Settings, SourceConfig
 from fhir_bridge.errors import StoreError
@@ -97,6 +99,27 @@ async def test_a_leased_pair_is_synced_by_one_worker_only(bridges):
         assert await b.sync_pair(SOURCE, "Appointment", cb) is None
     assert ehr_a.requests and not ehr_b.requests
     assert a.bridge.store.get_cursor("ehr", "Appointment") == STAMP
+
+
+async def test_a_workers_sync_outcome_is_seen_by_the_api_process(bridges, redis_stores):  # noqa: F811
+    """The API runs in another process than the workers: what a worker's sync did is in the
+    store, so the API's GET /sources (and /readyz) report it rather than "not run yet"."""
+    worker = worker_of(bridges(), "a")
+    settings = Settings(
+        auth={"enabled": False},
+        sources=(SOURCE,),
+        mappings_dir=ROOT / "mappings",
+        profiles_dir=ROOT / "profiles",
+    )
+    api_bridge = Bridge(settings, store=redis_stores(), clock=lambda: NOW)
+    assert api_bridge.source_state["ehr"].last_ok is None
+    async with client_of(FakeEhr()) as client:
+        assert await worker.sync_pair(SOURCE, "Appointment", client) is not None
+    [entry] = TestClient(create_app(api_bridge)).get("/sources").json()
+    assert (entry["last_ok"], entry["runs"], entry["last_error"]) == (True, 1, None)
+    assert entry["last_run"] == entry["last_success"] == NOW.isoformat()
+    assert entry["types"]["Appointment"]["stored"] == len(sample("Appointment"))
+    api_bridge.close()
 
 
 async def test_a_lost_lease_stops_the_sync_and_keeps_the_cursor(bridges, redis_client):  # noqa: F811

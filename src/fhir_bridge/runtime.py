@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from typing import Any
 
 from structlog.contextvars import bound_contextvars
@@ -20,9 +19,11 @@ from fhir_bridge.mapping.engine import Problem, RuleSet, compile_folder
 from fhir_bridge.metrics import BridgeMetrics
 from fhir_bridge.sources import client_for, guard_for
 from fhir_bridge.store import Store, open_store
+from fhir_bridge.sync import status as sync_status
 from fhir_bridge.sync.deletions import reconcile_source
 from fhir_bridge.sync.engine import Progress, SourceReport, new_job_id, sync_source
 from fhir_bridge.sync.ingest import Clock, Ingestor, ProfilePolicy, utcnow
+from fhir_bridge.sync.status import SourceState
 from fhir_bridge.sync.strategy import StrategyCache
 from fhir_bridge.tasks.model import TaskStatus
 from fhir_bridge.tasks.service import TaskService
@@ -31,16 +32,6 @@ from fhir_bridge.writeback.delivery import Delivery, DeliveryStats
 
 log = get_logger("runtime")
 MAPPING_SUFFIXES = frozenset({".yaml", ".yml", ".json"})
-
-
-@dataclass
-class SourceState:
-    """What the bridge knows about a source's last sync, for operators (no PHI)."""
-
-    last_run: str | None = None
-    last_ok: bool | None = None
-    last_error: str | None = None
-    runs: int = 0
 
 
 class Bridge:
@@ -73,7 +64,6 @@ class Bridge:
                 for s in settings.sources
             },
         )
-        self.source_state = {s.name: SourceState() for s in settings.sources}
         # Keyed by event loop too: the CLI runs several asyncio.run()s over one Bridge.
         self._sync_locks: dict[tuple[int, str], asyncio.Lock] = {}
         self.strategies = StrategyCache()  # each source's sync plan, decided once per run
@@ -166,13 +156,14 @@ class Bridge:
                 metrics=self.metrics,
                 strategies=self.strategies,
             )
-        state = self.source_state[source.name]
-        state.runs += 1
-        state.last_run = self.clock().isoformat()
-        state.last_ok = report.ok
-        state.last_error = next((t.error for t in report.types if t.error), None)
+        await asyncio.to_thread(sync_status.record_source, self.store, report, self.clock())
         self.metrics.observe_source(source.name, ok=report.ok)
         return report
+
+    @property
+    def source_state(self) -> dict[str, SourceState]:
+        """Each source's last sync as the store records it, whichever process ran it."""
+        return sync_status.states(self.store, self.settings.sources)
 
     def client(self, source: SourceConfig) -> FhirClient:
         """An (unopened) FHIR client for `source` that reports to this bridge's metrics."""

@@ -43,6 +43,7 @@ from fhir_bridge.logging import get_logger
 from fhir_bridge.runtime import Bridge
 from fhir_bridge.store.base import Lease, Store
 from fhir_bridge.store.leases import LeaseLost, LeaseManager
+from fhir_bridge.sync import status as sync_status
 from fhir_bridge.sync.engine import (
     TypeReport,
     dependency_order,
@@ -190,6 +191,10 @@ class Worker:
             return None
         finally:
             renew.cancel()
+        # The outcome in the store, for the API process and `sources status` (sync/status.py).
+        await asyncio.to_thread(
+            sync_status.record, self.bridge.store, source.name, report, self.bridge.clock()
+        )
         # Keep the pair until its next poll is due: one schedule for every worker.
         await asyncio.to_thread(self.leases.renew, lease, source.poll_interval)
         if report.new_patients:

@@ -11,6 +11,8 @@ from fhir_bridge.api import create_app
 from fhir_bridge.config import Settings, SourceConfig
 from fhir_bridge.runtime import Bridge
 from fhir_bridge.store import SqliteStore
+from fhir_bridge.sync import status
+from fhir_bridge.sync.engine import TypeReport
 from tests.logcapture import json_log_lines
 from tests.utils import NOW, ROOT
 
@@ -32,6 +34,11 @@ def bridge() -> Iterator[Bridge]:
     b = make_bridge("ehr", "lab")
     yield b
     b.close()
+
+
+def synced(bridge: Bridge, source: str, error: str | None = None) -> None:
+    """Record a run of the source's Patient sync in the store, as a sync process would."""
+    status.record(bridge.store, source, TypeReport("Patient", error=error), NOW)
 
 
 @pytest.fixture
@@ -63,9 +70,8 @@ def test_readyz_is_ready_before_the_first_sync(api, bridge):
 
 def test_readyz_stays_ready_while_one_source_works(api, bridge):
     """One failing source out of two is reported but does not make the bridge unready."""
-    bridge.source_state["ehr"].last_ok = False
-    bridge.source_state["ehr"].last_error = "GET Patient on source ehr: HTTP 503"
-    bridge.source_state["lab"].last_ok = True
+    synced(bridge, "ehr", "GET Patient on source ehr: HTTP 503")
+    synced(bridge, "lab")
     response = api.get("/readyz")
     assert response.status_code == 200
     sources = response.json()["checks"]["sources"]["sources"]
@@ -76,8 +82,8 @@ def test_readyz_stays_ready_while_one_source_works(api, bridge):
 
 def test_readyz_is_503_when_every_source_fails(api, bridge):
     """Every source failing answers 503 with the sources check marked not ok."""
-    for state in bridge.source_state.values():
-        state.last_ok = False
+    for name in bridge.source_state:
+        synced(bridge, name, "HTTP 503")
     response = api.get("/readyz")
     assert response.status_code == 503
     body = response.json()
@@ -120,8 +126,8 @@ def test_request_id_is_echoed_or_generated(api):
 
 def test_every_request_line_carries_its_request_id(api, bridge):
     """The canonical http_request line and lines logged inside the route share the request id."""
-    for state in bridge.source_state.values():
-        state.last_ok = False
+    for name in bridge.source_state:
+        synced(bridge, name, "HTTP 503")
     with json_log_lines("INFO") as logs:
         api.get("/readyz", headers={"X-Request-ID": "req-42"})
     lines = logs.lines

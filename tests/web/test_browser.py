@@ -13,6 +13,9 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
+from fhir_bridge.sync import status as sync_status
+from fhir_bridge.sync.engine import TypeReport
+from fhir_bridge.sync.ingest import IngestResult
 from fhir_bridge.tasks.model import OutboxStatus
 from tests.utils import NOW, sample
 from tests.web.conftest import KEYS, LiveApp, shoot
@@ -216,6 +219,13 @@ def test_sources_page_for_an_admin(page: Page, live_app: LiveApp):
     ]
     assert bridge.ingestor.ingest("ehr", bad, "Patient").quarantined == 2
     bridge.store.set_cursor("ehr", "Appointment", (NOW - timedelta(minutes=5)).isoformat())
+    # What sync processes recorded in the store (sync/status.py): Patient fine, Appointment
+    # failing twice in a row.
+    done = IngestResult(received=30, stored=30)
+    sync_status.record(bridge.store, "ehr", TypeReport("Patient", result=done), NOW)
+    for _ in range(2):
+        failed = TypeReport("Appointment", error="GET Appointment on source ehr: HTTP 503")
+        sync_status.record(bridge.store, "ehr", failed, NOW)
     sign_in(page, live_app, "ada")
     page.get_by_role("link", name="Sources").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Sources")
@@ -225,6 +235,12 @@ def test_sources_page_for_an_admin(page: Page, live_app: LiveApp):
     resources = section.locator("table.resources")
     expect(resources.locator("tr", has_text="Patient")).to_contain_text("30")
     expect(resources.locator("tr", has_text="Appointment")).to_contain_text("5 minutes behind")
+    expect(resources.locator("tr", has_text="Appointment")).to_contain_text(
+        "(2 times in a row): GET Appointment on source ehr: HTTP 503"
+    )
+    expect(resources.locator("tr", has_text="Patient")).to_contain_text("30 received, 30 stored")
+    last_error = section.locator(".fact", has_text="Last error")
+    expect(last_error).to_contain_text("GET Appointment on source ehr: HTTP 503")
     expect(section).to_contain_text("Quarantine: 2 resources refused by validation")
     reasons = section.locator("table.quarantine tbody tr")
     expect(reasons).to_have_count(1)  # the same reason twice: one row, counted

@@ -68,11 +68,16 @@ def _mappings_check(bridge: Bridge) -> dict[str, Any]:
 def _sources_check(bridge: Bridge) -> dict[str, Any]:
     """Ready while at least one source works, or none has been tried yet."""
     detail: dict[str, Any] = {}
-    for name, state in bridge.source_state.items():
+    try:
+        states = bridge.source_state  # recorded in the store by whichever process synced
+    except FhirBridgeError as exc:
+        return {"ok": False, "error": type(exc).__name__}
+    for name, state in states.items():
         status = "pending" if state.last_ok is None else ("ok" if state.last_ok else "failing")
         detail[name] = {
             "status": status,
             "last_run": state.last_run,
+            "last_success": state.last_success,
             "runs": state.runs,
             "last_error": state.last_error,
         }

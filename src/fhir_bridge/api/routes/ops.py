@@ -14,10 +14,12 @@ router = APIRouter(tags=["operations"])
 
 @router.get("/sources", summary="Configured sources and their last sync")
 def sources(bridge: BridgeDep) -> list[dict[str, Any]]:
-    """Each source's URL, resource types, cursors, last sync outcome and circuit breaker."""
+    """Each source's URL, resource types, cursors, last sync outcome (overall and per type,
+    as recorded in the store by whichever process synced) and circuit breaker."""
     out = []
+    states = bridge.source_state  # one store read, whichever process ran the syncs
     for src in bridge.settings.sources:
-        state = bridge.source_state[src.name]
+        state = states[src.name]
         out.append(
             {
                 "name": src.name,
@@ -28,6 +30,9 @@ def sources(bridge: BridgeDep) -> list[dict[str, Any]]:
                 "last_run": state.last_run,
                 "last_ok": state.last_ok,
                 "last_error": state.last_error,
+                "last_success": state.last_success,
+                "runs": state.runs,
+                "types": state.types,
                 "circuit": bridge.guards[src.name].breaker.snapshot(),
             }
         )

@@ -18,9 +18,22 @@ function circuitWords(circuit) {
 }
 
 function lastSync(src) {
-  if (!src.last_run) return "Not run since the bridge started";
+  if (!src.last_run) return "Never synced";
   const outcome = src.last_ok === false ? "failed" : "succeeded";
   return `${when(src.last_run)} (${ago(src.last_run)}): ${outcome}`;
+}
+
+function lastSuccess(src) {
+  if (!src.last_success) return src.last_run ? "Not every resource type has synced yet" : "Never";
+  return `${when(src.last_success)} (${ago(src.last_success)}): every resource type synced at least then`;
+}
+
+/** One resource type's last run, as the syncing process recorded it. */
+function typeRun(run) {
+  if (!run) return "Never synced";
+  if (run.ok) return `${ago(run.at)}: ${run.received} received, ${run.stored} stored, ${run.quarantined} quarantined`;
+  const times = run.failures_in_a_row > 1 ? ` (${run.failures_in_a_row} times in a row)` : "";
+  return h("span", {}, badge("⚠ Failed", "overdue"), ` ${ago(run.at)}${times}: ${run.error || "no reason given"}`);
 }
 
 function resourcesTable(src, now) {
@@ -33,13 +46,14 @@ function resourcesTable(src, now) {
       h("th", { scope: "row" }, type),
       h("td", { "data-label": "Stored" }, String((src.resources || {})[type] || 0)),
       h("td", { "data-label": "Synced up to" }, cursor ? `${when(cursor)} (${lag} behind)` : "No incremental sync yet"),
+      h("td", { "data-label": "Last run" }, typeRun((src.types || {})[type])),
     );
   });
   return h(
     "table",
     { class: "resources" },
     h("caption", {}, "Resources by type"),
-    h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Type"), h("th", { scope: "col" }, "Stored"), h("th", { scope: "col" }, "Changes synced up to (lag)"))),
+    h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Type"), h("th", { scope: "col" }, "Stored"), h("th", { scope: "col" }, "Changes synced up to (lag)"), h("th", { scope: "col" }, "Last run"))),
     h("tbody", {}, rows),
   );
 }
@@ -93,6 +107,7 @@ export async function sourcesView() {
         facts([
           ["Address", src.base_url],
           ["Last sync", lastSync(src)],
+          ["Last complete sync", lastSuccess(src)],
           ["Last error", src.last_error || "None"],
           ["Connection", circuitWords(src.circuit)],
         ]),

@@ -47,8 +47,8 @@ DEFAULT_RESOURCE_TYPES = (
 )
 
 _SECRET_KEYS = frozenset(
-    {"token", "password", "secret", "client_secret", "private_key", "redis_url"}
-)
+    {"token", "password", "secret", "client_secret", "private_key", "redis_url", "webhook"}
+)  # "webhook": its url may carry a token in the query
 
 
 class _Strict(BaseModel):
@@ -444,6 +444,101 @@ class WritebackConfig(_Strict):
     identifier_system: str = "urn:fhir-bridge:task"
 
 
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")  # an HTTP token (RFC 9110)
+# Headers the webhook sets itself, and ones that carry credentials (use `*_env` for those).
+_WEBHOOK_OWN_HEADERS = frozenset(
+    {
+        "authorization",
+        "content-length",
+        "content-type",
+        "cookie",
+        "host",
+        "idempotency-key",
+        "proxy-authorization",
+        "transfer-encoding",
+        "user-agent",
+        "x-fhir-bridge-event",
+        "x-fhir-bridge-signature",
+    }
+)
+
+
+class FamilyWebhookConfig(_Strict):
+    """An optional POST of each family message to a hospital's own messaging system, through
+    the outbox (docs/family.md "Webhook"). Off while `url` is not set."""
+
+    url: HttpUrl | None = Field(  # not in repr: a receiver may take a token in the query
+        default=None, repr=False, description="http(s) URL the messages are POSTed to"
+    )
+    secret_env: str | None = Field(
+        default=None,
+        min_length=1,
+        description="env var holding the HMAC-SHA256 key of X-Fhir-Bridge-Signature",
+    )
+    bearer_token_env: str | None = Field(
+        default=None, min_length=1, description="env var holding a token sent as Authorization"
+    )
+    timeout: float = Field(default=10.0, gt=0, le=120, description="seconds per POST")
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="extra headers sent as they are (nothing secret)"
+    )
+    max_attempts: int | None = Field(
+        default=None, ge=1, description="tries before parking as dead; default writeback's"
+    )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether completed family tasks queue a webhook entry."""
+        return self.url is not None
+
+    @field_validator("url")
+    @classmethod
+    def _no_credentials(cls, value: HttpUrl | None) -> HttpUrl | None:
+        if value is not None and (value.username or value.password):
+            raise ValueError("no user or password in the URL: use secret_env / bearer_token_env")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _plain_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"{name!r} is not an HTTP header name")
+            if name.lower() in _WEBHOOK_OWN_HEADERS:
+                raise ValueError(
+                    f"header {name} is set by the bridge or carries a credential "
+                    "(use bearer_token_env)"
+                )
+            if "\r" in text or "\n" in text:
+                raise ValueError(f"the value of header {name} holds a line break")
+        return value
+
+    @model_validator(mode="after")
+    def _signed(self) -> FamilyWebhookConfig:
+        if self.url is not None and self.secret_env is None:
+            raise ValueError("a webhook url needs secret_env (the messages are signed)")
+        return self
+
+    def resolve_secret(self) -> bytes:
+        """The signing key, read from the environment.
+
+        :raises ConfigError: the variable is not set (named; its value never is).
+        """
+        return _secret(None, self.secret_env, "family webhook secret").encode("utf-8")
+
+    def resolve_bearer_token(self) -> str | None:
+        """The Authorization token, when `bearer_token_env` is set."""
+        if self.bearer_token_env is None:
+            return None
+        return _secret(None, self.bearer_token_env, "family webhook bearer token")
+
+
+class FamilyConfig(_Strict):
+    """Family messages (docs/family.md)."""
+
+    webhook: FamilyWebhookConfig = FamilyWebhookConfig()
+
+
 class PatientsConfig(_Strict):
     """Cross-source patient identity for the consolidated history."""
 
@@ -467,6 +562,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     writeback: WritebackConfig = WritebackConfig()
     patients: PatientsConfig = PatientsConfig()
+    family: FamilyConfig = FamilyConfig()
     mappings_dir: Path = Path("../mappings")
     mappings_reload_interval: float = Field(
         default=2.0, ge=0, description="seconds between checks for changed mapping files; 0: off"

@@ -28,6 +28,7 @@ from fhir_bridge.sync.strategy import StrategyCache
 from fhir_bridge.tasks.model import TaskStatus
 from fhir_bridge.tasks.service import TaskService
 from fhir_bridge.validate.profiles import ProfileSet
+from fhir_bridge.writeback import webhook
 from fhir_bridge.writeback.delivery import Delivery, DeliveryStats
 
 log = get_logger("runtime")
@@ -44,11 +45,15 @@ class Bridge:
         self.clock = clock
         self.rules = RuleSet.load(settings.mappings_dir)
         self.store = store if store is not None else open_store(settings.storage)
+        # The family webhook (off without a url): completions queue it, delivery POSTs it.
+        hook = settings.family.webhook
+        self.webhook = webhook.FamilyWebhook(hook) if hook.enabled else None
         self.tasks = TaskService(
             self.store,
             clock,
             [s.name for s in settings.sources if s.writeback],
             actions_for=self.actions_for,
+            follow_ups=webhook.drafts if self.webhook is not None else None,
         )
         self.profiles = ProfileSet.load(settings.profiles_dir)
         for source in settings.sources:
@@ -201,6 +206,7 @@ class Bridge:
                 self.clock,
                 self.metrics,
                 policies=self.write_policies(),
+                webhook=self.webhook,
             ).deliver_due()
 
     async def run_loops(
@@ -230,6 +236,7 @@ class Bridge:
                     self.clock,
                     self.metrics,
                     policies=self.write_policies(),
+                    webhook=self.webhook,
                 )
                 jobs.append(delivery.run(stop))
             await asyncio.gather(*jobs)

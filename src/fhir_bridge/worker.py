@@ -252,6 +252,7 @@ class Worker:
             policies=b.write_policies(),
             consumer=self.leases.owner,
             batch=self.options.outbox_batch,
+            webhook=b.webhook,
         )
         while not stop.is_set():
             wait = b.settings.writeback.interval

@@ -31,6 +31,10 @@ Clock = Callable[[], datetime]
 # (rule id, status) -> the rule's `on_status` actions for that status, as plain dicts
 # ({"update_focus": {...}}); the runtime looks them up in the rules in force.
 ActionsFor = Callable[[str, TaskStatus], Sequence[dict[str, Any]]]
+# Entries a coordinator's status change queues after its rule's actions (the family webhook,
+# writeback/webhook.py): given the changed task, the entries queued so far and the actor.
+# Called inside the store's transaction: it must neither read nor write the store.
+FollowUps = Callable[[Task, tuple[OutboxDraft, ...], str], Sequence[OutboxDraft]]
 BRIDGE = "bridge"  # the actor recorded for changes the bridge makes on its own
 
 
@@ -82,6 +86,7 @@ class TaskService:
     :param writeback_sources: names of the sources that accept write-back; changes to tasks
         of other sources are kept locally only.
     :param actions_for: the `on_status` actions of a rule for a status (none by default).
+    :param follow_ups: more entries to queue after those actions (none by default).
     """
 
     def __init__(
@@ -90,11 +95,13 @@ class TaskService:
         clock: Clock,
         writeback_sources: Collection[str],
         actions_for: ActionsFor = _no_actions,
+        follow_ups: FollowUps | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
         self.writeback_sources = frozenset(writeback_sources)
         self.actions_for = actions_for
+        self.follow_ups = follow_ups
 
     def _change(
         self,
@@ -131,6 +138,8 @@ class TaskService:
             if actor != BRIDGE and new.status is not task.status:
                 actions = self.actions_for(task.rule_id, new.status)
                 outbox += action_drafts(new, actions, actor, note)
+                if self.follow_ups is not None:
+                    outbox += tuple(self.follow_ups(new, outbox, actor))
         return TaskChange(new, event, outbox)
 
     def claim(self, task_id: str, coordinator: str, expected_version: int | None = None) -> Task:

@@ -9,6 +9,7 @@ from typing import Any
 from fhir_bridge.errors import FhirBridgeError
 from fhir_bridge.store.base import Store
 from fhir_bridge.tasks.model import OutboxEntry, OutboxStatus
+from fhir_bridge.writeback.webhook import WEBHOOK_ACTION, idempotency_key
 
 
 class OutboxEntryNotFound(FhirBridgeError):
@@ -34,6 +35,8 @@ def describe(entry: OutboxEntry, *, payload: bool = False) -> dict[str, Any]:
         "last_error": entry.last_error,
         "detail": entry.detail,
     }
+    if entry.action == WEBHOOK_ACTION:  # what the receiver saw, to find it in its logs
+        out["idempotency_key"] = idempotency_key(entry)
     if payload:
         out["payload"] = entry.payload
     return out

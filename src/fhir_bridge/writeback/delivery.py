@@ -16,6 +16,11 @@ Temporary failures retry with exponential backoff until `max_attempts`; permanen
 (400/403/404/409/422 ..., or a spent budget) park the entry as dead with the server's
 OperationOutcome text, for `fhir-bridge outbox retry|discard`.
 
+A `family-webhook` entry (`writeback/webhook.py`) is not a FHIR write: it POSTs a recorded
+family message to the hospital's messaging system, after that message's Communication entry;
+it retries on the same backoff (never before the receiver's Retry-After) and parks what the
+receiver refuses or what must not be sent (contact no longer authorized).
+
 Before any request, every entry is checked against its source's `write_policy`
 (`writeback/policy.py`): a write outside it is parked as dead with `{"policy": reason}`; in
 `dry-run` mode nothing is sent, `writeback_dry_run` logs the types and field paths (no values)
@@ -53,6 +58,12 @@ from fhir_bridge.writeback import actions, policy
 from fhir_bridge.writeback.actions import ActionFailed, WriteConflict, Written
 from fhir_bridge.writeback.provenance import build_provenance, tag_query
 from fhir_bridge.writeback.task_mirror import build_task, identifier_query
+from fhir_bridge.writeback.webhook import (
+    WEBHOOK_ACTION,
+    FamilyWebhook,
+    WebhookRefused,
+    WebhookRetry,
+)
 
 log = get_logger("writeback")
 
@@ -113,6 +124,7 @@ class Delivery:
         *,
         consumer: str | None = None,
         batch: int = 100,
+        webhook: FamilyWebhook | None = None,
     ) -> None:
         self.store = store
         self.clients = clients
@@ -122,6 +134,7 @@ class Delivery:
         self.policies = dict(policies or {})
         self.consumer = consumer or PROCESS_CONSUMER
         self.batch = batch
+        self.webhook = webhook  # None: family webhook entries are parked (not configured)
         self.last_claimed = 0  # how many entries the last scan claimed
 
     async def deliver_due(self) -> DeliveryStats:
@@ -198,8 +211,8 @@ class Delivery:
             )
             stats.dead += 1
             stats.refused += 1
-        except TemporaryFhirError as exc:
-            if entry.attempts + 1 >= self.settings.max_attempts:
+        except (TemporaryFhirError, WebhookRetry) as exc:
+            if entry.attempts + 1 >= self._max_attempts(entry):
                 outcome = "dead"
                 await asyncio.to_thread(
                     self.store.outbox_park,
@@ -212,6 +225,8 @@ class Delivery:
             else:
                 outcome = "retry"
                 wait = min(self.settings.max_backoff, 2.0 ** (entry.attempts + 1))
+                if isinstance(exc, WebhookRetry) and exc.retry_after:  # not before it asks
+                    wait = min(self.settings.max_backoff, max(wait, exc.retry_after))
                 next_at = self.clock() + timedelta(seconds=wait)
                 await asyncio.to_thread(self.store.outbox_retry, entry.id, str(exc), next_at)
                 stats.retried += 1
@@ -221,7 +236,7 @@ class Delivery:
                 self.store.outbox_park, entry.id, OutboxStatus.CONFLICT, str(exc), exc.detail
             )
             stats.conflicts += 1
-        except (FatalFhirError, _Undeliverable, ActionFailed) as exc:
+        except (FatalFhirError, _Undeliverable, ActionFailed, WebhookRefused) as exc:
             outcome = "dead"
             await asyncio.to_thread(
                 self.store.outbox_park, entry.id, OutboxStatus.DEAD, str(exc), failure_detail(exc)
@@ -251,6 +266,8 @@ class Delivery:
 
         :raises policy.PolicyRefused: the entry is outside the source's write policy.
         """
+        if entry.action == WEBHOOK_ACTION:
+            return await self._send_webhook(entry)
         if entry.action != MIRROR_ACTION and entry.action not in _ACTIONS:
             raise _Undeliverable(f"unknown outbox action {entry.action!r}")
         client = self.clients.get(entry.source)
@@ -282,6 +299,26 @@ class Delivery:
                 self.store.set_task_mirror, task.id, result.resource_id, result.version_id
             )
         return True
+
+    def _max_attempts(self, entry: OutboxEntry) -> int:
+        if entry.action == WEBHOOK_ACTION and self.webhook is not None:
+            return self.webhook.config.max_attempts or self.settings.max_attempts
+        return self.settings.max_attempts
+
+    async def _send_webhook(self, entry: OutboxEntry) -> bool:
+        """POST a family message to the hospital's messaging system (not a FHIR write: the
+        write policy's types do not apply; its dry-run mode does, nothing is sent)."""
+        if self.webhook is None:
+            raise _Undeliverable("the family webhook is not configured (family.webhook.url)")
+        rules = self.policies.get(entry.source) or _DEFAULT_POLICY
+        return await self.webhook.deliver(
+            entry,
+            store=self.store,
+            client=self.clients.get(entry.source),
+            identifier_system=self.settings.identifier_system,
+            dry_run=rules.mode == "dry-run",
+            now=self.clock(),
+        )
 
     async def _action(self, client: FhirClient, task: Task, entry: OutboxEntry) -> None:
         """Run one `on_status` action, then record its write in a Provenance."""

@@ -98,7 +98,13 @@ def expected_family_tasks(now: datetime) -> dict[str, int]:
         "family-medication-stopped": sum(
             s["status"] == "stopped" and since(s, "end") for s in statements
         ),
-        "family-authorization-decided": 0,  # CoverageEligibilityResponse is not in the sample
+        "family-authorization-decided": sum(
+            r["status"] == "active"
+            and "auth-requirements" in r["purpose"]
+            and r["outcome"] == "complete"
+            and r["patient"]["reference"] in told
+            for r in sample("CoverageEligibilityResponse")
+        ),
     }
 
 

@@ -44,6 +44,7 @@ DEFAULT_RESOURCE_TYPES = (
     "Coverage",
     "RelatedPerson",  # family contacts, and the Consents saying they may be told (issue 9)
     "Consent",
+    "CoverageEligibilityResponse",  # payers' prior-authorization decisions, for families
 )
 
 _SECRET_KEYS = frozenset(

@@ -43,5 +43,16 @@ async def test_demo_settings_make_family_tasks_with_messages(sekmet_factory, tmp
             m.startswith("Deb's check-up with Dr. Carlos Miller is booked for") for m in messages
         )
         assert all(m and "{" not in m and "urn:" not in m for m in messages)
+        decided = sorted(
+            t.description or ""
+            for t in bridge.store.iter_tasks(queue="family")
+            if t.rule_id == "family-authorization-decided"
+        )
+        assert decided == [
+            "Deb's insurance has answered the request to approve the check-up. We will explain "
+            "what it means for the next steps.",
+            "El seguro de Juana respondió a la solicitud de aprobación de la consulta de "
+            "seguimiento. Le explicaremos qué significa para los próximos pasos.",
+        ]
     finally:
         bridge.close()

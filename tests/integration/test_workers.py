@@ -142,9 +142,9 @@ def store_versions(store: RedisStore) -> dict[tuple[str, str], str]:
 
 
 def holds_lease(client: Any, store: RedisStore, owner: str) -> bool:
-    """True when `owner` holds any sync lease."""
-    pattern = store.keys.pattern[:-1] + "lease:sync*"
-    return any((client.get(k) or "").endswith(f":{owner}") for k in client.scan_iter(match=pattern))
+    """True when `owner` holds any sync lease (read by name: a SCAN would crawl a big Redis)."""
+    names = [store.keys.lease(f"sync:sekmet:{t}") for t in TYPES]
+    return any((value or "").endswith(f":{owner}") for value in client.mget(names))
 
 
 def touch(url: str, rtype: str, count: int) -> None:
@@ -187,10 +187,12 @@ def test_a_worker_killed_mid_sync_is_taken_over(
     store = RedisStore(REDIS_URL, key_prefix=redis_prefix)
     try:
         total = len(server_versions(seeded_url))
-        a = workers(config, "worker-a", "sync")
-        stored = lambda: sum(store.resource_counts().values())  # noqa: E731
         patients = len([k for k in server_versions(seeded_url) if k[0] == "Patient"])
-        # Killed once the Patients are stored, in the middle of the other types.
+        a = workers(config, "worker-a", "sync")
+        b = workers(config, "worker-b", "sync")  # running when a dies: it takes over
+        stored = lambda: sum(store.resource_counts().values())  # noqa: E731
+        # Killed the moment the Patients are stored and other types are under way: any delay
+        # here (e.g. waiting for b to start) lets a fast machine finish the sync first.
         wait_for(
             lambda: (
                 store.resource_counts().get("Patient") == patients
@@ -200,11 +202,10 @@ def test_a_worker_killed_mid_sync_is_taken_over(
             60,
             "worker-a mid-sync",
         )
-        b = workers(config, "worker-b", "sync")
-        time.sleep(0.3)
+        unfinished = stored() < total  # b keeps syncing: look now, not after the kill
         os.kill(a.pid, signal.SIGKILL)
         a.wait(timeout=10)
-        assert stored() < total, "worker-a finished before it was killed"
+        assert unfinished, "the sync finished before worker-a was killed"
         touch(seeded_url, "Appointment", 3)
         touch(seeded_url, "Patient", 2)
         latest = server_versions(seeded_url)

@@ -146,7 +146,7 @@ def test_default_mappings_load(rules):
         "Appointment",
         "MedicationStatement",
         "CoverageEligibilityRequest",
-        "CoverageEligibilityResponse",  # family-authorization-decided (not pulled by default)
+        "CoverageEligibilityResponse",  # family-authorization-decided
     }
     assert rules.queues == QUEUE_NAMES
     assert set(rules.queue_info) == QUEUE_NAMES

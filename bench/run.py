@@ -60,6 +60,7 @@ from fhir_bridge.sync.engine import dependency_order
 from fhir_bridge.sync.files import ingest_files
 from fhir_bridge.sync.ingest import Ingestor, ProfilePolicy
 from fhir_bridge.tasks.service import TaskService
+from fhir_bridge.validate.pool import ParsePool, auto_workers
 from fhir_bridge.validate.profiles import ProfileSet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,7 +96,20 @@ def _api_settings(**fields: Any) -> Settings:
 
 
 # -- 1. ingest ---------------------------------------------------------------------------------
-def bench_ingest(repeat: int) -> dict[str, Any]:
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by other processes (the parse pool's workers)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / ticks
+
+
+def bench_ingest(repeat: int, workers: int) -> dict[str, Any]:
     """orjson parse and bare R4B parse vs the whole ingest path, on the same lines.
 
     The ingest path is what sync runs per page: R4B parse, core bindings and the five bridge
@@ -121,7 +135,9 @@ def bench_ingest(repeat: int) -> dict[str, Any]:
 
     evaluations = sum(len(rules.for_type(t)) * len(rows) for t, rows in lines.items())
 
-    def ingest() -> None:
+    def ingest(pool: ParsePool | None = None) -> None:
+        """The ingest path, one call per type; with `pool`, the next type's page is sent to
+        the workers before the current one is ingested (as sync and file ingest do)."""
         with tempfile.TemporaryDirectory() as tmp:
             store = SqliteStore(Path(tmp) / "b.db")
             ingestor = Ingestor(
@@ -131,25 +147,73 @@ def bench_ingest(repeat: int) -> dict[str, Any]:
                 lambda: NOW,
                 profile_set=profile_set,
                 policies={"bench": ProfilePolicy(profiles, quarantine=True)},
+                pool=pool,
             )
-            for rtype, rows in lines.items():
-                ingestor.ingest("bench", [json.loads(r) for r in rows], rtype, initial=True)
+            pages = [(rtype, [json.loads(r) for r in rows]) for rtype, rows in lines.items()]
+            ahead = ingestor.precheck("bench", pages[0][1], pages[0][0]) if pool else None
+            for at, (rtype, page) in enumerate(pages):
+                checks, ahead = ahead, None
+                if pool is not None and at + 1 < len(pages):
+                    ahead = ingestor.precheck("bench", pages[at + 1][1], pages[at + 1][0])
+                ingestor.ingest("bench", page, rtype, initial=True, prechecked=checks)
             store.close()
 
-    # Rounds interleave the three, so load from other processes of a shared machine falls on
-    # all of them alike; CPU time (process_time) is kept next to wall time for the same reason.
-    wall: dict[str, list[float]] = {"orjson": [], "bare": [], "ingest": []}
-    cpu: dict[str, list[float]] = {"orjson": [], "bare": [], "ingest": []}
-    ingest()  # warm: imports, caches of the first round count in none
-    for _ in range(repeat):
-        for name, fn in (("orjson", parse_orjson), ("bare", bare), ("ingest", ingest)):
-            started, started_cpu = time.perf_counter(), time.process_time()
-            fn()
-            wall[name].append(time.perf_counter() - started)
-            cpu[name].append(time.process_time() - started_cpu)
+    # The pool is started (and its start-up timed) before the rounds: a long-running bridge
+    # pays it once; sync10k below counts it in every run.
+    pool = ParsePool(profile_set, workers, min_resources=0) if workers else None
+    pool_start = 0.0
+    pids: list[int] = []
+    if pool is not None:
+        started = time.perf_counter()
+        pids = pool.wait_ready(120)
+        pool_start = time.perf_counter() - started
+    variants: list[tuple[str, Callable[[], None]]] = [
+        ("orjson", parse_orjson),
+        ("bare", bare),
+        ("ingest", ingest),
+    ]
+    if pool is not None:
+        variants.append(("pool", lambda: ingest(pool)))
+    # Rounds interleave the variants, so load from other processes of a shared machine falls
+    # on all of them alike; CPU time (process_time) is kept next to wall time for the same
+    # reason, and for the pool the workers' CPU time is added (/proc).
+    wall: dict[str, list[float]] = {name: [] for name, _ in variants}
+    cpu: dict[str, list[float]] = {name: [] for name, _ in variants}
+    main_cpu: list[float] = []  # the pool variant's writer process alone
+    try:
+        for _, fn in variants[2:]:
+            fn()  # warm: imports, caches of the first round count in none
+        for _ in range(repeat):
+            for name, fn in variants:
+                started, started_cpu = time.perf_counter(), time.process_time()
+                before = cpu_seconds(pids)
+                fn()
+                wall[name].append(time.perf_counter() - started)
+                cpu[name].append(time.process_time() - started_cpu + cpu_seconds(pids) - before)
+                if name == "pool":
+                    main_cpu.append(time.process_time() - started_cpu)
+    finally:
+        if pool is not None:
+            pool.close()
     t_orjson, t_bare, t_ingest = (statistics.median(wall[n]) for n in ("orjson", "bare", "ingest"))
     c_bare, c_ingest = statistics.median(cpu["bare"]), statistics.median(cpu["ingest"])
-    return {
+    pooled: dict[str, Any] = {"pool_workers": workers, "cpus": os.cpu_count()}
+    if pool is not None:
+        t_pool, c_pool = statistics.median(wall["pool"]), statistics.median(cpu["pool"])
+        pooled |= {
+            "pool_start_s": pool_start,
+            "pool_per_s": count / t_pool,
+            "pool_vs_bare": t_bare / t_pool,
+            "pool_cpu_s": c_pool,
+            "pool_main_cpu_s": statistics.median(main_cpu),
+            "pool_vs_bare_paired": statistics.median(
+                b / i for b, i in zip(wall["bare"], wall["pool"], strict=True)
+            ),
+            "pool_pages_checked": pool.pages_checked,
+        }
+    return pooled | {
+        "bare_cpu_s": c_bare,
+        "ingest_cpu_s": c_ingest,
         "resources": count,
         "orjson_parse_per_s": count / t_orjson,
         "bare_parse_per_s": count / t_bare,
@@ -216,11 +280,13 @@ def bench_sync(repeat: int) -> dict[str, Any]:
     }
 
 
-def bench_sync10k(size: int, tmp: Path, repeat: int) -> dict[str, Any]:
+def bench_sync10k(size: int, tmp: Path, repeat: int, workers: int) -> dict[str, Any]:
     """A first sync of `size` generated resources from an in-memory SEKMET vs raw paging.
 
     Same searches and page size for both; each bridge run syncs into a fresh SQLite file with
-    the default (auto) strategy, so its one `/metadata` read is counted too.
+    the default (auto) strategy, so its one `/metadata` read is counted too. The bridge runs
+    twice per round: in one process (`parse_workers: 0`), and with `workers` parse workers,
+    whose start-up counts in the run. CPU: the bridge process plus its workers.
     """
     folder = tmp / "sync10k-ndjson"
     bulk.generate(folder, size, tag="s")
@@ -237,36 +303,67 @@ def bench_sync10k(size: int, tmp: Path, repeat: int) -> dict[str, Any]:
         t_seed = time.perf_counter() - started
         received = asyncio.run(raw_paging(url, SYNC10K_PAGE_SIZE))
 
-        def sync_once() -> float:
-            """Seconds for one first sync into a fresh store (start-up not counted)."""
+        def sync_once(parse_workers: int) -> tuple[float, float, float]:
+            """Wall and CPU seconds for one first sync into a fresh store (bridge start-up
+            not counted; the parse pool's is)."""
             with tempfile.TemporaryDirectory() as run_tmp:
                 settings = _api_settings(
                     sources=(
                         SourceConfig(name="bench", base_url=url, page_size=SYNC10K_PAGE_SIZE),
                     ),
                     storage=StorageConfig(path=Path(run_tmp) / "b.db"),
+                    ingest={"parse_workers": parse_workers},
                 )
                 bridge = Bridge(settings, clock=lambda: NOW)
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 [report] = asyncio.run(bridge.sync_once())
                 elapsed = time.perf_counter() - start
+                pool = bridge.ingestor.pool
+                main = time.process_time() - start_cpu
+                used = main + cpu_seconds(pool.pids() if pool else [])
                 bridge.close()
                 if report.totals.received != received:
                     raise RuntimeError(f"bridge got {report.totals.received}, raw {received}")
-                return elapsed
+                return elapsed, used, main
 
-        t_raw = median_time(lambda: asyncio.run(raw_paging(url, SYNC10K_PAGE_SIZE)), repeat)
-        t_sync = statistics.median(sync_once() for _ in range(repeat))
-    return {
+        def raw_once() -> tuple[float, float, float]:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            asyncio.run(raw_paging(url, SYNC10K_PAGE_SIZE))
+            used = time.process_time() - start_cpu
+            return time.perf_counter() - start, used, used
+
+        runs: dict[str, list[tuple[float, float, float]]] = {"raw": [], "one": [], "pool": []}
+        for _ in range(repeat):  # interleaved, as in (1)
+            runs["raw"].append(raw_once())
+            runs["one"].append(sync_once(0))
+            if workers:
+                runs["pool"].append(sync_once(workers))
+    wall = {k: statistics.median(w for w, _, _ in v) for k, v in runs.items() if v}
+    cpu = {k: statistics.median(c for _, c, _ in v) for k, v in runs.items() if v}
+    main_cpu = {k: statistics.median(m for _, _, m in v) for k, v in runs.items() if v}
+    result = {
         "resources": received,
         "seeded": seeded,
         "seed_s": t_seed,
         "page_size": SYNC10K_PAGE_SIZE,
-        "raw_paging_s": t_raw,
-        "bridge_sync_s": t_sync,
-        "sync_vs_raw": t_sync / t_raw,
-        "bridge_per_s": received / t_sync,
+        "raw_paging_s": wall["raw"],
+        "raw_paging_cpu_s": cpu["raw"],
+        "bridge_sync_s": wall["one"],
+        "bridge_sync_cpu_s": cpu["one"],
+        "sync_vs_raw": wall["one"] / wall["raw"],
+        "bridge_per_s": received / wall["one"],
+        "pool_workers": workers,
+        "cpus": os.cpu_count(),
     }
+    if "pool" in wall:
+        result |= {
+            "pool_sync_s": wall["pool"],
+            "pool_sync_cpu_s": cpu["pool"],
+            "pool_sync_main_cpu_s": main_cpu["pool"],
+            "pool_vs_raw": wall["pool"] / wall["raw"],
+            "pool_per_s": received / wall["pool"],
+        }
+    return result
 
 
 # -- 3. bulk -----------------------------------------------------------------------------------
@@ -444,11 +541,29 @@ def table_rows(r: dict[str, Any]) -> list[Row]:
         (
             "ingest: rate / bare R4B parse rate",
             f"{i['ingest_vs_bare']:.2f}",
-            f"goal >= 0.60; CPU time {i.get('ingest_vs_bare_cpu', 0):.2f}, "
+            f"goal >= 0.60; 1 process; CPU time {i.get('ingest_vs_bare_cpu', 0):.2f}, "
             f"median of paired rounds {i.get('ingest_vs_bare_paired', 0):.2f}",
             i["ingest_vs_bare"],
         ),
     ]
+    if "pool_per_s" in i:
+        rows += [
+            (
+                f"ingest: with parse pool ({i['pool_workers']} workers, {i['cpus']} CPUs)",
+                f"{i['pool_per_s']:,.0f} res/s",
+                f"workers started before timing ({i['pool_start_s']:.2f} s); CPU main+workers "
+                f"{i['pool_cpu_s']:.2f} s (main {i['pool_main_cpu_s']:.2f} s) vs 1 process "
+                f"{i['ingest_cpu_s']:.2f} s",
+                i["pool_per_s"],
+            ),
+            (
+                "ingest: pool rate / bare R4B parse rate",
+                f"{i['pool_vs_bare']:.2f}",
+                f"goal >= 0.60; anchor: 1-process bare parse; paired rounds "
+                f"{i['pool_vs_bare_paired']:.2f}",
+                i["pool_vs_bare"],
+            ),
+        ]
     if "sync" in r:
         s = r["sync"]
         rows += [
@@ -477,11 +592,28 @@ def table_rows(r: dict[str, Any]) -> list[Row]:
             (
                 "sync10k: bridge first sync",
                 f"{k['bridge_sync_s'] * 1000:,.0f} ms",
-                f"{k['sync_vs_raw']:.2f}x raw paging time (goal <= 1.3x), "
-                f"{k['bridge_per_s']:,.0f} res/s",
+                f"{k['sync_vs_raw']:.2f}x raw paging time (goal <= 1.3x), 1 process, "
+                f"{k['bridge_per_s']:,.0f} res/s"
+                + (
+                    f"; CPU {k['bridge_sync_cpu_s']:.1f} s vs raw {k['raw_paging_cpu_s']:.1f} s"
+                    if "bridge_sync_cpu_s" in k
+                    else ""
+                ),
                 k["bridge_sync_s"] * 1000,
             ),
         ]
+        if "pool_sync_s" in k:
+            rows.append(
+                (
+                    f"sync10k: bridge first sync, parse pool ({k['pool_workers']} workers, "
+                    f"{k['cpus']} CPUs)",
+                    f"{k['pool_sync_s'] * 1000:,.0f} ms",
+                    f"{k['pool_vs_raw']:.2f}x raw paging time (goal <= 1.3x), pool start-up "
+                    f"included, {k['pool_per_s']:,.0f} res/s; CPU main+workers "
+                    f"{k['pool_sync_cpu_s']:.1f} s (main {k['pool_sync_main_cpu_s']:.1f} s)",
+                    k["pool_sync_s"] * 1000,
+                )
+            )
     if "bulk" in r:
         b = r["bulk"]
         for fig in b["sizes"]:
@@ -608,7 +740,7 @@ def main() -> None:
         "--skip",
         nargs="+",
         default=[],
-        choices=["sync", "sync10k", "bulk", "api", "redis"],
+        choices=["sync", "sync10k", "bulk", "api", "redis", "redis_scale"],
         help="parts to leave out",
     )
     parser.add_argument(
@@ -617,6 +749,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--sync10k-size", type=int, default=10_000, help="resources in the sync10k part"
+    )
+    parser.add_argument(
+        "--parse-workers",
+        type=int,
+        help="parse pool workers for the pool figures (default: auto, at least 1; 0: none)",
     )
     args = parser.parse_args()
     configure_logging("ERROR")
@@ -630,14 +767,17 @@ def main() -> None:
             "repeat": args.repeat,
         }
     }
-    results["ingest"] = bench_ingest(args.repeat)
+    # The pool figures are taken even where the bridge's `auto` starts no pool (2 CPUs).
+    workers = max(1, auto_workers()) if args.parse_workers is None else args.parse_workers
+    results["meta"]["parse_workers"] = workers
+    results["ingest"] = bench_ingest(args.repeat, workers)
     if "sync" not in args.skip:
         results["sync"] = bench_sync(args.repeat)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp_name:
         tmp = Path(tmp_name)
         sqlite_rate: float | None = None
         if "sync10k" not in args.skip:
-            results["sync10k"] = bench_sync10k(args.sync10k_size, tmp, min(args.repeat, 3))
+            results["sync10k"] = bench_sync10k(args.sync10k_size, tmp, min(args.repeat, 3), workers)
         if "bulk" not in args.skip:
             results["bulk"] = bench_bulk(args.bulk_sizes, tmp, results["ingest"]["ingest_per_s"])
             sqlite_rate = results["bulk"]["sizes"][-1]["per_second"]
@@ -650,6 +790,7 @@ def main() -> None:
             results["api"] = bench_api(folder, tmp, args.api_requests)
         if "redis" not in args.skip:
             results["redis"] = bench_redis(args.redis_half, tmp, sqlite_rate)
+        if "redis_scale" not in args.skip:
             results["redis_scale"] = redis_scale.bench(tmp)
     results["meta"]["seconds"] = round(time.perf_counter() - started, 1)
     rows = table_rows(results)

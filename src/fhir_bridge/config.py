@@ -550,6 +550,21 @@ class PatientsConfig(_Strict):
     )
 
 
+class IngestConfig(_Strict):
+    """How resources are checked on their way in."""
+
+    parse_workers: Literal["auto"] | Annotated[int, Field(ge=0, le=64)] = Field(
+        default="auto",
+        description="worker processes for the R4B parse and profile checks of big jobs; "
+        "0: in-process; auto: one per CPU beyond the first (none on one or two CPUs)",
+    )
+    parse_pool_min: int = Field(
+        default=2000,
+        ge=0,
+        description="resources in a search or file ingest before the parse pool is used",
+    )
+
+
 class Settings(BaseSettings):
     """All settings of one bridge installation."""
 
@@ -563,6 +578,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     writeback: WritebackConfig = WritebackConfig()
     patients: PatientsConfig = PatientsConfig()
+    ingest: IngestConfig = IngestConfig()
     family: FamilyConfig = FamilyConfig()
     mappings_dir: Path = Path("../mappings")
     mappings_reload_interval: float = Field(

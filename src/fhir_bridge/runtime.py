@@ -27,6 +27,7 @@ from fhir_bridge.sync.status import SourceState
 from fhir_bridge.sync.strategy import StrategyCache
 from fhir_bridge.tasks.model import TaskStatus
 from fhir_bridge.tasks.service import TaskService
+from fhir_bridge.validate.pool import ParsePool, auto_workers
 from fhir_bridge.validate.profiles import ProfileSet
 from fhir_bridge.writeback import webhook
 from fhir_bridge.writeback.delivery import Delivery, DeliveryStats
@@ -58,12 +59,18 @@ class Bridge:
         self.profiles = ProfileSet.load(settings.profiles_dir)
         for source in settings.sources:
             self.profiles.resolve(source.profiles)  # unknown profile names fail at start-up
+        workers = settings.ingest.parse_workers
         self.ingestor = Ingestor(
             self.store,
             self.rules,
             self.tasks,
             clock,
             profile_set=self.profiles,
+            pool=ParsePool(  # starts no process until a job is big enough
+                self.profiles,
+                auto_workers() if workers == "auto" else workers,
+                min_resources=settings.ingest.parse_pool_min,
+            ),
             policies={
                 s.name: ProfilePolicy(s.profiles, s.on_profile_violation == "quarantine")
                 for s in settings.sources
@@ -141,7 +148,8 @@ class Bridge:
         )
 
     def close(self) -> None:
-        """Close the store."""
+        """Stop the parse pool's workers (if any started) and close the store."""
+        self.ingestor.close()
         self.store.close()
 
     async def _sync_with(

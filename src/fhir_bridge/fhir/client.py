@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 import httpx
+import orjson
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity.stop import stop_base
@@ -49,12 +50,13 @@ _ResourceKey = tuple[str, str, str | None]
 _Query = tuple[tuple[str, str], ...]
 
 
-def _user_agent() -> str:
+def user_agent(purpose: str | None = None) -> str:
+    """`fhir-bridge/<version>`, with `(purpose)` after it when given."""
     try:
         version = importlib.metadata.version("fhir-bridge")
     except importlib.metadata.PackageNotFoundError:
         version = "0+unknown"
-    return f"fhir-bridge/{version}"
+    return f"fhir-bridge/{version}" + (f" ({purpose})" if purpose else "")
 
 
 @dataclass(frozen=True)
@@ -186,7 +188,7 @@ class FhirClient:
             timeout=self._timeout,
             limits=self._limits,
             transport=self._transport,
-            headers={"Accept": FHIR_JSON, "User-Agent": _user_agent()},
+            headers={"Accept": FHIR_JSON, "User-Agent": user_agent()},
             follow_redirects=False,  # a redirect could carry our credentials to another host
         )
         return self
@@ -548,7 +550,26 @@ def _outcome_text(response: httpx.Response) -> str | None:
     return None
 
 
+# Every byte that is not an ASCII digit becomes a space, every digit a "0": a run of 20 zeros
+# after `translate` is a number orjson could read differently (see `_loads`).
+_DIGIT_MAP = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_LONG_DIGIT_RUN = b"0" * 20
+
+
 def _loads(content: bytes) -> Any:
+    """The decoded JSON body, or None when it is not JSON: the same answer as `json.loads`.
+
+    orjson decodes a page about 1.6x faster, but reads less: NaN/Infinity, a byte-order mark,
+    UTF-16/32, lone surrogate escapes, and numbers beyond a double fail there and are retried
+    with `json`, which accepts some of them as before. One case does not fail but differs:
+    orjson turns integers beyond 64 bits into floats, so a body with a run of 20 or more
+    digits (found in about 1 ms per MB) goes to `json` directly.
+    """
+    if content.translate(_DIGIT_MAP).find(_LONG_DIGIT_RUN) < 0:
+        try:
+            return orjson.loads(content)
+        except orjson.JSONDecodeError:
+            pass  # maybe JSON that `json` reads (NaN, BOM, UTF-16...): ask it, as before
     try:
         return json.loads(content)
     except ValueError:  # JSONDecodeError and UnicodeDecodeError

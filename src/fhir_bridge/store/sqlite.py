@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -277,8 +276,12 @@ def _resource_from_row(r: sqlite3.Row) -> StoredResource:
 
 # Resource bodies go through orjson (several times faster than json both ways) except where
 # it would change them: integers beyond 64 bits (orjson refuses to write them, and reads them
-# as floats) and lone surrogates. A body with a number of 19 digits or more is read by json.
-_LONG_NUMBER = re.compile(r"[:,\[]\s*-?[0-9]{19}")
+# as floats) and lone surrogates. A body with a run of 19 digits or more (in a number, or in a
+# string: rare, and json reads those right too) is read by json. The run is found by mapping
+# every digit to "0" and every other byte to " " (bytes.translate) and searching the result:
+# a quarter of the time of a regular expression, which cost as much as orjson's whole parse.
+_DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_LONG_RUN = b"0" * 19
 _IN_CHUNK = 500  # ids per `IN (...)`: well under SQLite's limit on bound parameters
 _RESOURCE_UPSERT = (
     "INSERT INTO resources VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
@@ -296,7 +299,7 @@ def _dumps(body: dict[str, Any]) -> str:
 
 
 def _loads(text: str) -> Any:
-    if _LONG_NUMBER.search(text) is None:
+    if _LONG_RUN not in text.encode("utf-8", "surrogatepass").translate(_DIGITS_AS_ZERO):
         try:
             return orjson.loads(text)
         except orjson.JSONDecodeError:

@@ -167,7 +167,10 @@ class _Run:
             )
             return
         initial = file.resource_type in self.state.get("first_load", ())
-        result = self.ingestor.ingest(self.source.name, items, file.resource_type, initial=initial)
+        job = self.totals.get(file.resource_type, 0)  # the manifest's count: the parse pool's cue
+        result = self.ingestor.ingest(
+            self.source.name, items, file.resource_type, initial=initial, job_size=job
+        )
         self.report.result.add(result)
 
 

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -36,6 +36,7 @@ from fhir_bridge.mapping.engine import RuleSet
 from fhir_bridge.store import Store
 from fhir_bridge.sync.ingest import Ingestor, IngestResult, later, parse_instant
 from fhir_bridge.sync.strategy import INCREMENTAL, Mode, StrategyCache, TypePlan
+from fhir_bridge.validate.pool import PendingCheck
 
 log = get_logger("sync")
 
@@ -144,33 +145,45 @@ def _in_order(resources: list[dict[str, object]], floor: str | None) -> bool:
     return True
 
 
-async def _prefetched(pages: AsyncIterator[Page], depth: int = 2) -> AsyncIterator[Page]:
-    """Yield `pages` while fetching up to `depth` pages ahead.
+async def _prefetched(
+    pages: AsyncIterator[Page], ahead: Callable[[Page], Awaitable[object]] | None = None
+) -> AsyncGenerator[Page, None]:
+    """Yield `pages`, fetching the next one while the caller processes the current one.
 
-    Ingest (parse, store, rules) runs in a worker thread; fetching the next page meanwhile
-    overlaps network and server time with our CPU time. Errors surface in order, after the
-    pages fetched before them.
+    At most one page ahead: the request for page N+1 starts when page N is handed over, and
+    the request for N+2 not before N+1 is (memory stays at two pages whatever the search's
+    size). Ingest (parse, store, rules) runs in a worker thread, so fetching meanwhile
+    overlaps network and server time with our CPU time. Pages come in order; an error
+    fetching page N+1 is raised when the caller asks for it, after page N was processed (and
+    its cursor moved), so a failing page never moves the cursor past itself.
+
+    :param ahead: called with each page as soon as it arrives, before the caller gets it (the
+        parse pool starts on the page meanwhile).
     """
-    queue: asyncio.Queue[Page | BaseException | None] = asyncio.Queue(maxsize=depth)
+    iterator = aiter(pages)
 
-    async def produce() -> None:
-        try:
-            async for page in pages:
-                await queue.put(page)
-            await queue.put(None)
-        except Exception as exc:  # handed to the consumer, re-raised there
-            await queue.put(exc)
+    async def fetch() -> Page | None:
+        page = await anext(iterator, None)
+        if page is not None and ahead is not None:
+            await ahead(page)
+        return page
 
-    producer = asyncio.create_task(produce())
+    pending = asyncio.create_task(fetch())
     try:
-        while (item := await queue.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        while (page := await pending) is not None:
+            pending = asyncio.create_task(fetch())
+            yield page
     finally:
-        producer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await producer
+        if not pending.done():
+            pending.cancel()
+            # The caller stopped (an error, or it had enough): the page it never asked for,
+            # and that page's error if any, are of no interest.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pending
+        close = getattr(iterator, "aclose", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                await close()
 
 
 async def sync_type(
@@ -240,39 +253,59 @@ async def _sync_type(
                 params.append((plan.param, since_param(cursor, source.overlap)))
             began = datetime.now(UTC)
             sorted_so_far, pass_max, pass_pages = incremental, None, 0
-            async for page in _prefetched(client.search(resource_type, params)):
-                page_started = time.perf_counter()
-                report.pages += 1
-                pass_pages += 1
-                sorted_so_far = sorted_so_far and _in_order(page.resources, pass_max)
-                watch = resource_type == "Patient" and not first_load
-                unseen = (
-                    await asyncio.to_thread(_unseen, store, source.name, page.resources)
-                    if watch
-                    else []
+            checks: dict[int, PendingCheck | None] = {}  # page number -> its pool checks
+
+            async def ahead(page: Page, checks: dict[int, PendingCheck | None] = checks) -> None:
+                # The parse pool (if the search is big enough) starts on the page as soon as
+                # it arrives, while the page before it is still being ingested.
+                job = max(page.total or 0, report.result.received + len(page.resources))
+                checks[page.number] = await asyncio.to_thread(
+                    ingestor.precheck, source.name, page.resources, resource_type, job
                 )
-                result = await asyncio.to_thread(
-                    ingestor.ingest,
-                    source.name,
-                    page.resources,
-                    resource_type,
-                    initial=first_load,
-                )
-                if unseen:
-                    now_stored = await asyncio.to_thread(_stored, store, source.name, unseen)
-                    report.new_patients.extend(
-                        i for i in now_stored if i not in report.new_patients
+
+            pool = ingestor.pool is not None and ingestor.pool.enabled
+            pages = _prefetched(client.search(resource_type, params), ahead if pool else None)
+            # aclosing: an ingest error stops the fetch ahead now, not when garbage-collected.
+            async with contextlib.aclosing(pages):
+                async for page in pages:
+                    page_started = time.perf_counter()
+                    report.pages += 1
+                    pass_pages += 1
+                    sorted_so_far = sorted_so_far and _in_order(page.resources, pass_max)
+                    watch = resource_type == "Patient" and not first_load
+                    unseen = (
+                        await asyncio.to_thread(_unseen, store, source.name, page.resources)
+                        if watch
+                        else []
                     )
-                report.result.add(result)
-                pass_max = later(pass_max, result.max_last_updated)
-                if sorted_so_far and pass_max:
-                    high_water = pass_max
-                    await asyncio.to_thread(
-                        store.set_cursor, source.name, resource_type, high_water
+                    result = await asyncio.to_thread(
+                        ingestor.ingest,
+                        source.name,
+                        page.resources,
+                        resource_type,
+                        initial=first_load,
+                        prechecked=checks.pop(page.number, None),
+                        # The pool may have become ready since `ahead` ran: then it checks
+                        # this page now (its workers split it).
+                        job_size=page.total or 0,
                     )
-                _page_done(page.number, result, metrics, source.name, resource_type, page_started)
-                if progress:
-                    progress(source.name, resource_type, report.result.received, page.total)
+                    if unseen:
+                        now_stored = await asyncio.to_thread(_stored, store, source.name, unseen)
+                        report.new_patients.extend(
+                            i for i in now_stored if i not in report.new_patients
+                        )
+                    report.result.add(result)
+                    pass_max = later(pass_max, result.max_last_updated)
+                    if sorted_so_far and pass_max:
+                        high_water = pass_max
+                        await asyncio.to_thread(
+                            store.set_cursor, source.name, resource_type, high_water
+                        )
+                    _page_done(
+                        page.number, result, metrics, source.name, resource_type, page_started
+                    )
+                    if progress:
+                        progress(source.name, resource_type, report.result.received, page.total)
             if not incremental:
                 # One pass; the next run searches from this run's start (created) or all (full).
                 high_water = began.isoformat()

@@ -19,10 +19,12 @@ from typing import IO, Any, cast
 from fhir_bridge.errors import FhirBridgeError
 from fhir_bridge.logging import get_logger
 from fhir_bridge.sync.ingest import Ingestor, IngestResult
+from fhir_bridge.validate.pool import PendingCheck
 
 log = get_logger("files")
 
 BATCH_SIZE = 500  # resources per ingest call: one store transaction each
+BYTES_PER_RESOURCE = 1000  # for the estimate of a job's size (sample resources: ~1.3 KB)
 NDJSON_SUFFIXES = (".ndjson", ".jsonl")
 JSON_SUFFIXES = (".json",)
 # Bulk export error files hold OperationOutcomes about the export, not data to store.
@@ -187,6 +189,27 @@ def dependency_sorted(files: list[Path], ingestor: Ingestor) -> list[Path]:
     return sorted(files, key=lambda p: order.get(_name_type(p) or "", len(order)))
 
 
+def _batches(files: list[Path], batch_size: int) -> Iterator[FileBatch | Path]:
+    """Every file's batches, each file followed by its path (the file is done)."""
+    for path in files:
+        yield from read_batches(path, batch_size)
+        yield path
+
+
+def _lookahead(
+    items: Iterator[FileBatch | Path],
+) -> Iterator[tuple[FileBatch | Path, FileBatch | None]]:
+    """Each item with the next batch (None at the end): one batch is read ahead."""
+    queue: list[FileBatch | Path] = []
+    for item in items:
+        queue.append(item)
+        if isinstance(item, FileBatch):
+            while len(queue) > 1:
+                yield queue.pop(0), item
+    for item in queue:
+        yield item, None
+
+
 def ingest_files(
     ingestor: Ingestor,
     source: str,
@@ -199,28 +222,58 @@ def ingest_files(
 
     A type with nothing stored for `source` before this run counts as a first load (rules with
     ``trigger: new`` stay quiet), as on a first sync. Cursors are not touched: a file says
-    nothing about what a server holds.
+    nothing about what a server holds. With a parse pool, the next batch is read and sent to
+    the pool before the current one is stored, so both run at once.
 
     :raises UnreadablePath: before anything is ingested.
     """
     files = dependency_sorted(collect_files(paths), ingestor)
     total = sum(p.stat().st_size for p in files)
+    job = total // BYTES_PER_RESOURCE  # an estimate, for whether the parse pool pays
     already = ingestor.store.resource_counts(source)
     report = FileIngestReport(files=len(files))
     done = 0
-    for path in files:
-        for batch in read_batches(path, batch_size):
-            if batch.error is not None:
-                report.errors.append(f"{path.name}: {batch.error}")
-                log.error("file_unreadable", file=path.name, error=batch.error)
-            elif batch.resource_type == OUTCOME_TYPE:
-                report.outcomes += len(batch.resources)
-            else:
-                rtype = batch.resource_type
-                first = rtype is not None and already.get(rtype, 0) == 0
-                report.result.add(ingestor.ingest(source, batch.resources, rtype, initial=first))
-            if progress is not None:
-                progress(done + batch.position, total, report.result.received)
-        done += path.stat().st_size
-        log.info("file_ingested", file=path.name, received=report.result.received)
+    pending: tuple[FileBatch, PendingCheck | None] | None = None
+    for item, following in _lookahead(_batches(files, batch_size)):
+        if isinstance(item, Path):
+            done += item.stat().st_size
+            log.info("file_ingested", file=item.name, received=report.result.received)
+            continue
+        checks = pending[1] if pending is not None and pending[0] is item else None
+        pending = None
+        if following is not None and _is_data(following):
+            rtype = following.resource_type
+            pending = following, ingestor.precheck(source, following.resources, rtype, job)
+        _ingest_batch(ingestor, source, item, checks, job, already, report)
+        if progress is not None:
+            progress(done + item.position, total, report.result.received)
     return report
+
+
+def _ingest_batch(
+    ingestor: Ingestor,
+    source: str,
+    batch: FileBatch,
+    checks: PendingCheck | None,
+    job: int,
+    already: dict[str, int],
+    report: FileIngestReport,
+) -> None:
+    if batch.error is not None:
+        report.errors.append(f"{batch.path.name}: {batch.error}")
+        log.error("file_unreadable", file=batch.path.name, error=batch.error)
+    elif batch.resource_type == OUTCOME_TYPE:
+        report.outcomes += len(batch.resources)
+    else:
+        rtype = batch.resource_type
+        first = rtype is not None and already.get(rtype, 0) == 0
+        report.result.add(
+            ingestor.ingest(
+                source, batch.resources, rtype, initial=first, prechecked=checks, job_size=job
+            )
+        )
+
+
+def _is_data(batch: FileBatch) -> bool:
+    """True for a batch `ingest_files` stores (not an error, not OperationOutcomes)."""
+    return batch.error is None and batch.resource_type != OUTCOME_TYPE

@@ -13,14 +13,10 @@ pre-visit check) re-evaluates those rules over the same patient's resources.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
-
-import orjson
 
 from fhir_bridge.logging import get_logger
 from fhir_bridge.mapping.engine import CompiledRule, RuleSet
@@ -28,7 +24,10 @@ from fhir_bridge.patients.refs import patient_reference
 from fhir_bridge.store.base import QuarantineEntry, Store, TaskUpsert
 from fhir_bridge.tasks.model import Task, TaskDraft
 from fhir_bridge.tasks.service import TaskService
-from fhir_bridge.validate.parse import Issue, validate_resource
+from fhir_bridge.validate.canonical import canonical_json as canonical_json  # re-exported
+from fhir_bridge.validate.canonical import content_hash as content_hash
+from fhir_bridge.validate.parse import Issue
+from fhir_bridge.validate.pool import Checked, Findings, ParsePool, PendingCheck, findings
 from fhir_bridge.validate.profiles import ProfileSet
 
 log = get_logger("ingest")
@@ -39,35 +38,6 @@ Clock = Callable[[], datetime]
 def utcnow() -> datetime:
     """The current time, timezone-aware (UTC)."""
     return datetime.now(UTC)
-
-
-def content_hash(resource: dict[str, Any]) -> str:
-    """A hash of the resource's content, blind to `meta.versionId` and `meta.lastUpdated`.
-
-    Servers bump the version on a no-op PUT; hashing without those two keeps such a
-    re-save from re-running every rule.
-    """
-    meta = resource.get("meta")
-    if isinstance(meta, dict) and ("versionId" in meta or "lastUpdated" in meta):
-        meta = {k: v for k, v in meta.items() if k not in ("versionId", "lastUpdated")}
-        resource = {**resource, "meta": meta}
-    return hashlib.sha256(canonical_json(resource)).hexdigest()
-
-
-def canonical_json(value: Any) -> bytes:
-    """Sorted-key compact UTF-8 JSON of `value`, the text `content_hash` hashes.
-
-    orjson writes it several times faster than `json`, and byte for byte the same as
-    `json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)`, which earlier
-    versions hashed, except for floats in exponent form (`1e-07` there, `1e-7` here): such a
-    resource, rare in FHIR, has its rules run once more after an upgrade. What orjson refuses
-    (integers beyond 64 bits, lone surrogates) goes through `json`.
-    """
-    try:
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
-    except (orjson.JSONEncodeError, TypeError):
-        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return text.encode("utf-8", "surrogatepass")
 
 
 _COUNTERS = (
@@ -260,6 +230,8 @@ class Ingestor:
 
     :param profile_set: profiles and value sets; None checks structure only.
     :param policies: per source name; sources not listed get the core checks and quarantine.
+    :param pool: worker processes for the parse and profile checks of big pages (built with
+        the same `profile_set`); None checks every page in this process.
     """
 
     def __init__(
@@ -271,6 +243,7 @@ class Ingestor:
         *,
         profile_set: ProfileSet | None = None,
         policies: Mapping[str, ProfilePolicy] | None = None,
+        pool: ParsePool | None = None,
     ) -> None:
         self.store = store
         self.rules = rules
@@ -278,6 +251,7 @@ class Ingestor:
         self.clock = clock
         self.profile_set = profile_set
         self.policies = dict(policies or {})
+        self.pool = pool
 
     def check(self, source: str, resource: Any, expected_type: str | None) -> list[Issue]:
         """The issues that keep `resource` out of the store (errors first); empty: store it.
@@ -285,11 +259,37 @@ class Ingestor:
         Structure (R4B parse) always quarantines; core required bindings and the source's
         profiles quarantine unless the source is set to warn.
         """
-        issues = validate_resource(resource, expected_type)
-        if issues or self.profile_set is None:
-            return issues
+        profiles = self.policies.get(source, _DEFAULT_POLICY).profiles
+        found = findings(resource, expected_type, self.profile_set, profiles)
+        return self._verdict(source, resource, found)
+
+    def precheck(
+        self, source: str, resources: list[Any], expected_type: str | None, job_size: int = 0
+    ) -> PendingCheck | None:
+        """Start the parse and profile checks of a page in the pool, to be handed to `ingest`
+        (`prechecked`) later; None when the page will be checked in-process.
+
+        :param job_size: resources in the whole job (a search's total): a big job uses the
+            pool for pages of any size.
+        """
+        if self.pool is None:
+            return None
+        profiles = self.policies.get(source, _DEFAULT_POLICY).profiles
+        return self.pool.submit(resources, expected_type, profiles, job_size)
+
+    def close(self) -> None:
+        """Stop the parse pool's workers, if any (the store is the caller's)."""
+        if self.pool is not None:
+            self.pool.close()
+
+    def _verdict(self, source: str, resource: Any, found: Findings) -> list[Issue]:
+        """`check`'s answer from the findings (computed here or by the pool)."""
+        if found is None:
+            return []
+        structural, checked = found
+        if structural:
+            return structural
         policy = self.policies.get(source, _DEFAULT_POLICY)
-        checked = self.profile_set.check_all(resource, policy.profiles)
         errors = [i for i in checked if i["severity"] == "error"]
         if not errors:
             return []
@@ -312,15 +312,26 @@ class Ingestor:
         expected_type: str | None = None,
         *,
         initial: bool = False,
+        prechecked: PendingCheck | None = None,
+        job_size: int = 0,
     ) -> IngestResult:
         """Take a page of resources from `source`; never raises for a bad resource.
 
         :param initial: the source's first load of this type: rules with `trigger: new`
             do not fire for what is merely being loaded for the first time.
+        :param prechecked: `precheck` of this same page, started earlier; without it a page
+            of a big enough job is checked by the pool now.
+        :param job_size: resources in the whole job (see `precheck`).
         """
         result = IngestResult()
         now = self.clock()
         page = resources if isinstance(resources, list) else list(resources)
+        if prechecked is None:
+            prechecked = self.precheck(source, page, expected_type, job_size)
+        found: list[Checked] | None = prechecked.results() if prechecked is not None else None
+        if found is not None and len(found) != len(page):
+            found = None  # not this page's: check it here
+        profiles = self.policies.get(source, _DEFAULT_POLICY).profiles
         lookup = StoreLookup(self.store, source)
         tasks = _PageTasks(self.store, now)
         # (rule id, patient) pairs whose `related` resources changed in this page; evaluated
@@ -334,9 +345,15 @@ class Ingestor:
             quarantined: dict[tuple[str, str], int] = {}  # (type, id) -> its last position
             for position, resource in enumerate(page):
                 result.received += 1
-                if self._admit(source, resource, expected_type, now, result):
+                known_hash: str | None = None
+                if found is not None:
+                    verdict, known_hash = found[position]
+                else:
+                    verdict = findings(resource, expected_type, self.profile_set, profiles)
+                if self._admit(source, resource, expected_type, now, result, verdict):
                     admitted.append((position, resource))
-                    hashes.append(content_hash(resource))  # while the resource is in cache
+                    # (the pool's hash, or now, while the resource is in cache)
+                    hashes.append(known_hash or content_hash(resource))
                 elif isinstance(resource, dict):
                     quarantined[(str(resource.get("resourceType")), str(resource.get("id")))] = (
                         position
@@ -449,9 +466,10 @@ class Ingestor:
         expected_type: str | None,
         now: datetime,
         result: IngestResult,
+        found: Findings,
     ) -> bool:
         """True when `resource` may be stored; else it is quarantined with its issues."""
-        issues = self.check(source, resource, expected_type)
+        issues = self._verdict(source, resource, found)
         if isinstance(resource, dict):
             last_updated = (resource.get("meta") or {}).get("lastUpdated")
             if isinstance(last_updated, str):

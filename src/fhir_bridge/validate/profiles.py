@@ -89,7 +89,17 @@ CORE_BINDINGS: dict[str, dict[str, str]] = {
 }
 
 _SHOWABLE_CODE = re.compile(r"[A-Za-z0-9<>=][A-Za-z0-9._<>=-]{0,39}")
-_UNSET: Any = object()
+
+
+class _Unset:
+    """The marker of "no fixed/pattern value"; one instance, kept one through pickling (the
+    parse pool's workers receive the ProfileSet pickled and compare with `is`)."""
+
+    def __reduce__(self) -> str:
+        return "_UNSET"
+
+
+_UNSET: Any = _Unset()
 
 
 @dataclass(frozen=True)

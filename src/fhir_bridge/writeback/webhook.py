@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import importlib.metadata
 import json
 import time
 from collections.abc import Mapping
@@ -42,6 +41,7 @@ import httpx
 from fhir_bridge.config import FamilyWebhookConfig
 from fhir_bridge.errors import ConfigError, FatalFhirError, FhirBridgeError
 from fhir_bridge.fhir import FhirClient
+from fhir_bridge.fhir.client import user_agent
 from fhir_bridge.logging import get_logger
 from fhir_bridge.patients.contacts import Contact, record_contacts
 from fhir_bridge.store.base import Store
@@ -143,14 +143,6 @@ def verify(secret: bytes, header: str, body: bytes, *, now: float, tolerance: fl
         return False
     expected = sign(secret, timestamp, body).rpartition("v1=")[2]
     return hmac.compare_digest(expected, parts.get("v1", ""))
-
-
-def _user_agent() -> str:
-    try:
-        version = importlib.metadata.version("fhir-bridge")
-    except importlib.metadata.PackageNotFoundError:
-        version = "0+unknown"
-    return f"fhir-bridge/{version} (family-webhook)"
 
 
 def retry_after(value: str | None, now: datetime) -> float | None:
@@ -322,7 +314,7 @@ class FamilyWebhook:
             raise WebhookRefused(f"not sent: {exc}") from None
         headers = dict(self.config.headers) | {
             "Content-Type": "application/json; charset=utf-8",
-            "User-Agent": _user_agent(),
+            "User-Agent": user_agent("family-webhook"),
             "Idempotency-Key": idempotency_key(entry),
             "X-Fhir-Bridge-Event": EVENT,
             SIGNATURE_HEADER: sign(secret, int(now.timestamp()), content),

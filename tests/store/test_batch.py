@@ -1,15 +1,18 @@
 """The batch methods ingest uses per page (put_resources, resource_hashes, get_tasks,
-release_quarantines), on every engine: each must do exactly what its one-at-a-time
-counterpart does, in order, duplicates and all."""
+release_quarantines, upsert_tasks, rules_with_tasks), on every engine: each must do exactly
+what its one-at-a-time counterpart does, in order, duplicates and all, and concurrent pages of
+the same tasks must lose no update."""
 
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from dataclasses import replace
+from datetime import datetime, timedelta
 
 from fhir_bridge.store.base import QuarantineEntry
 from fhir_bridge.store.sqlite import SqliteStore
-from fhir_bridge.tasks.model import Priority
+from fhir_bridge.tasks.model import Priority, TaskChange, TaskEvent, TaskStatus
+from tests.store.test_conformance import run_together
 from tests.utils import NOW, make_draft
 
 SOURCE = "main-ehr"
@@ -163,3 +166,142 @@ def test_upsert_tasks_equals_upsert_task_one_by_one(engine_store, tmp_path):
         assert store.list_tasks(limit=100).total == 4
     finally:
         reference.close()
+
+
+# -- upsert_tasks: a page of tasks ----------------------------------------------------------
+
+
+def page_of_drafts(count: int, start: int = 0, **changes) -> list:
+    """`count` drafts on Appointments a<start>.. spread over three queues and two rules."""
+    queues = ["scheduling", "follow-up", "records"]
+    return [
+        make_draft(
+            source=SOURCE,
+            focus_id=f"a{i}",
+            rule_id=f"rule-{i % 2}",
+            queue=queues[i % 3],
+            patient=f"Patient/p{i // 4}",
+            **changes,
+        )
+        for i in range(start, start + count)
+    ]
+
+
+def test_upsert_tasks_creates_a_page_of_new_tasks(engine_store):
+    """A page of new drafts makes one task each at version 1, with its "created" event, listed
+    in its queue's and rule's indexes."""
+    store = engine_store
+    drafts = page_of_drafts(30)
+    outcomes = store.upsert_tasks(drafts, NOW)
+    assert [(o.created, o.updated, o.task.version) for o in outcomes] == [(True, False, 1)] * 30
+    assert [o.task.id for o in outcomes] == [d.id for d in drafts]
+    assert store.get_tasks([d.id for d in drafts]) == {o.task.id: o.task for o in outcomes}
+    for d in drafts:
+        assert [(e.action, e.to_status, e.detail) for e in store.task_history(d.id)] == [
+            ("created", "open", {"focus_version": "1"})
+        ]
+    assert store.queue_counts() == {
+        "scheduling": {"open": 10},
+        "follow-up": {"open": 10},
+        "records": {"open": 10},
+    }
+    assert store.list_tasks(queue="records", rule_id="rule-1", limit=100).total == 5
+    assert store.rules_with_tasks(SOURCE, "Appointment", ["rule-0", "rule-1", "rule-9"]) == {
+        "rule-0",
+        "rule-1",
+    }
+
+
+def test_upsert_tasks_page_mixing_new_changed_and_claimed_tasks(engine_store):
+    """In one page: a new task is created, a changed one refreshed (version + 1), an unchanged
+    one left alone, and a claimed one refreshed keeping its coordinator's state."""
+    store = engine_store
+    first = store.upsert_tasks(page_of_drafts(3), NOW)
+    claimed = store.update_task(
+        first[2].task.id,
+        lambda t: TaskChange(
+            replace(t, status=TaskStatus.IN_PROGRESS, assignee="alice", version=t.version + 1),
+            TaskEvent(t.id, NOW, "alice", "claim", "open", "in-progress"),
+        ),
+    )
+    later = NOW + timedelta(hours=1)
+    page = [
+        make_draft(source=SOURCE, focus_id="a0", rule_id="rule-0", title="Moved", queue="x"),
+        page_of_drafts(1, start=1)[0],  # unchanged
+        replace(page_of_drafts(1, start=2)[0], title="New title", focus_version="2"),
+        page_of_drafts(1, start=3)[0],  # new
+    ]
+    got = store.upsert_tasks(page, later)
+    assert [(o.created, o.updated, o.task.version) for o in got] == [
+        (False, True, 2),
+        (False, False, 1),
+        (False, True, claimed.version + 1),
+        (True, False, 1),
+    ]
+    moved, same, kept, new = (store.get_task(d.id) for d in page)
+    assert (moved.queue, moved.title, moved.updated_at) == ("x", "Moved", later)
+    assert same == first[1].task
+    assert (kept.status, kept.assignee, kept.title, kept.version) == (
+        TaskStatus.IN_PROGRESS,
+        "alice",
+        "New title",
+        3,
+    )
+    assert new == got[3].task
+    assert [e.action for e in store.task_history(kept.id)] == ["created", "claim", "refreshed"]
+    assert [t.id for t in store.list_tasks(assignee="alice").items] == [kept.id]
+    assert store.list_tasks(queue="x").total == 1
+
+
+def test_concurrent_page_upserts_of_the_same_tasks_lose_no_update(engine_store):
+    """Two threads upserting pages of the same tasks with different titles, round after round:
+    every refresh lands (the version grows by exactly one per refresh, one event each) and no
+    task is made twice."""
+    store = engine_store
+    shared = page_of_drafts(12)
+    store.upsert_tasks(shared, NOW)
+    rounds = 4
+    for n in range(rounds):
+
+        def work(i: int, n: int = n) -> list:
+            """This thread's page: the shared tasks retitled, plus tasks of its own."""
+            own = page_of_drafts(6, start=100 + 100 * i + 10 * n)
+            return store.upsert_tasks([replace(d, title=f"t{n}-{i}") for d in shared] + own, NOW)
+
+        results = run_together(2, work)
+        for r in results:
+            assert not isinstance(r, Exception), r
+        for k in range(len(shared)):
+            versions = sorted(results[i][k].task.version for i in range(2))
+            assert versions == [2 + 2 * n, 3 + 2 * n]  # both refreshes, one after the other
+            assert all(results[i][k].updated for i in range(2))
+    for d in shared:
+        task = store.get_task(d.id)
+        assert task.version == 1 + 2 * rounds
+        actions = [e.action for e in store.task_history(d.id)]
+        assert actions == ["created"] + ["refreshed"] * 2 * rounds
+    assert store.list_tasks(limit=500).total == 12 + 2 * 6 * rounds
+
+
+def test_concurrent_first_upserts_of_one_page_create_each_task_once(engine_store):
+    """Two threads writing the same page of new drafts: each task is created by exactly one of
+    them, the other finds it unchanged; one "created" event each."""
+    store = engine_store
+    drafts = page_of_drafts(20)
+    results = run_together(2, lambda _: store.upsert_tasks(drafts, NOW))
+    for r in results:
+        assert not isinstance(r, Exception), r
+    for k, d in enumerate(drafts):
+        assert sorted(results[i][k].created for i in range(2)) == [False, True]
+        assert [e.action for e in store.task_history(d.id)] == ["created"]
+    assert store.list_tasks(limit=100).total == 20
+
+
+def test_rules_with_tasks_names_rules_with_a_task_of_the_source(engine_store):
+    """Rules with a task on the source's resources of the type are named, rules without any
+    task are not; an empty question has an empty answer."""
+    store = engine_store
+    assert store.rules_with_tasks(SOURCE, "Appointment", ["rule-0", "rule-1"]) == set()
+    store.upsert_tasks(page_of_drafts(1), NOW)  # rule-0 only
+    assert store.rules_with_tasks(SOURCE, "Appointment", ["rule-0", "rule-1"]) == {"rule-0"}
+    assert store.rules_with_tasks(SOURCE, "Appointment", []) == set()

@@ -210,6 +210,150 @@ def test_endless_conflicts_give_up_with_store_error(redis_stores):
     assert store.list_outbox() == []
 
 
+@integration
+def test_a_changed_task_is_the_only_one_tried_again(redis_stores, monkeypatch):
+    """When another client changes one task of a page between the page's read and its
+    compare-and-set, only that task is read and written again: the others are written once,
+    and the changed task keeps the other client's change plus the refresh (version + 2)."""
+    store, other = redis_stores(), redis_stores()
+    drafts = [draft(f"a{i}") for i in range(5)]
+    store.upsert_tasks(drafts, NOW)
+    contested = drafts[3].id
+    rounds: list[list[int]] = []
+    apply = store._apply_guarded
+
+    def interfere(guarded):
+        """Record which drafts this round writes; before the first, claim the contested task."""
+        rounds.append([g.position for g in guarded])
+        if len(rounds) == 1:
+            other.update_task(contested, claim_by("alice"))
+        return apply(guarded)
+
+    monkeypatch.setattr(store, "_apply_guarded", interfere)
+    before = store.conflicts
+    later = NOW + timedelta(hours=1)
+    got = store.upsert_tasks([replace(d, title="Retitled") for d in drafts], later)
+    assert rounds == [[0, 1, 2, 3, 4], [3]]
+    assert store.conflicts - before == 1
+    assert [o.task.version for o in got] == [2, 2, 2, 3, 2]
+    task = store.get_task(contested)
+    assert (task.title, task.status, task.assignee, task.version) == (
+        "Retitled",
+        TaskStatus.IN_PROGRESS,
+        "alice",
+        3,
+    )
+    assert got[3].task == task
+    assert [e.action for e in store.task_history(contested)] == ["created", "claim", "refreshed"]
+    for d in drafts[:3] + drafts[4:]:
+        assert [e.action for e in store.task_history(d.id)] == ["created", "refreshed"]
+
+
+@integration
+def test_a_repeated_draft_after_a_conflict_is_tried_again_too(redis_stores, monkeypatch):
+    """A page naming one task twice: when the first write of it conflicts, the second (worked
+    out on top of the first) is tried again with it, in order."""
+    store, other = redis_stores(), redis_stores()
+    store.upsert_task(draft("a1"), NOW)
+    rounds: list[list[int]] = []
+    apply = store._apply_guarded
+
+    def interfere(guarded):
+        """Record each round; before the first, another client refreshes the task."""
+        rounds.append([g.position for g in guarded])
+        if len(rounds) == 1:
+            other.upsert_task(draft("a1", title="Theirs"), NOW)
+        return apply(guarded)
+
+    monkeypatch.setattr(store, "_apply_guarded", interfere)
+    page = [draft("a0"), draft("a1", title="Ours"), draft("a1", title="Ours again")]
+    got = store.upsert_tasks(page, NOW)
+    assert rounds == [[0, 1, 2], [1, 2]]
+    assert [(o.created, o.updated, o.task.version) for o in got] == [
+        (True, False, 1),
+        (False, True, 3),
+        (False, True, 4),
+    ]
+    assert store.get_task(page[1].id).title == "Ours again"
+    assert [e.action for e in store.task_history(page[1].id)] == ["created"] + ["refreshed"] * 3
+
+
+@integration
+def test_endless_task_conflicts_give_up_with_store_error(redis_stores, monkeypatch):
+    """When a task conflicts on every attempt, upsert_tasks stops after max_attempts; the
+    page's other tasks were written (each task is atomic, the page is not)."""
+    store, other = redis_stores(), redis_stores()
+    store.max_attempts = 3
+    store.upsert_task(draft("a1"), NOW)
+    apply = store._apply_guarded
+    runs: list[int] = []
+
+    def interfere(guarded):
+        """Another client changes the task before every compare-and-set."""
+        runs.append(1)
+        other.set_task_mirror(draft("a1").id, f"Task/m{len(runs)}", None)
+        return apply(guarded)
+
+    monkeypatch.setattr(store, "_apply_guarded", interfere)
+    with pytest.raises(StoreError, match="gave up after 3"):
+        store.upsert_tasks([draft("a0"), draft("a1", title="Never")], NOW)
+    assert len(runs) == 3
+    assert store.get_task(draft("a1").id).title == draft("a1").title
+    assert store.get_task(draft("a0").id) is not None
+
+
+@integration
+def test_page_methods_cost_one_or_two_round_trips(redis_stores, monkeypatch):
+    """Ingest's per-page calls cost a fixed number of round trips whatever the page size."""
+    store = redis_stores()
+    store.put_resource(SOURCE, PATIENT, "h1")
+    sent: list[int] = []
+    send = redis.connection.Connection.send_packed_command
+
+    def counted(self, command, check_health=True):
+        """Count each request written to a connection."""
+        sent.append(1)
+        return send(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counted)
+
+    def trips(call: Callable[[], object]) -> int:
+        """Round trips `call` made."""
+        sent.clear()
+        call()
+        return len(sent)
+
+    drafts = [draft(f"a{i}") for i in range(40)]
+    ids = [d.id for d in drafts]
+    assert trips(lambda: store.rules_with_tasks(SOURCE, "Appointment", ["r1", "r2"])) == 1
+    assert trips(lambda: store.get_tasks(ids)) == 1
+    assert trips(lambda: store.upsert_tasks(drafts, NOW)) == 2
+    assert trips(lambda: store.upsert_tasks([replace(d, title="x") for d in drafts], NOW)) == 2
+    assert trips(lambda: store.release_quarantines(SOURCE, [("Appointment", i) for i in ids])) == 1
+    assert trips(lambda: store.resources_for_patient(SOURCE, "Patient/p1", "Patient")) == 1
+
+
+@integration
+def test_resources_for_patient_reads_keys_with_escaped_parts(redis_stores):
+    """The one-script read finds resources whose source and ids hold ':' and '%' (escaped in
+    their keys) and skips nothing."""
+    store = redis_stores()
+    source = "ehr:50%"
+    store.put_resource(source, resource("CarePlan", "c:1%"), "h1")
+    store.put_resource(source, resource("Condition", "x%3A"), "h2")
+    store.put_resource(source, resource("CarePlan", "c2"), "h3")
+    found = store.resources_for_patient(source, "Patient/p1")
+    assert [(r.resource_type, r.id) for r in found] == [
+        ("CarePlan", "c2"),
+        ("CarePlan", "c:1%"),
+        ("Condition", "x%3A"),
+    ]
+    assert [r.id for r in store.resources_for_patient(source, "Patient/p1", "Condition")] == [
+        "x%3A"
+    ]
+    assert store.resources_for_patient(source, "Patient/p2") == []
+
+
 # -- errors and opening ---------------------------------------------------------------------
 
 _ENTRY = OutboxEntry(

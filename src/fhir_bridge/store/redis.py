@@ -5,15 +5,21 @@ live in `store/keys.py`; every key of an installation shares one hash tag, so ea
 single-slot (see that module for the Cluster caveat).
 
 Atomicity, method by method:
-- read-modify-writes (`put_resource`, `upsert_task`, `update_task`, `set_task_mirror`, the
-  outbox bookkeeping) run under WATCH/MULTI/EXEC in `_atomic`: read the watched keys, queue
-  the writes, EXEC; a concurrent change to a watched key aborts EXEC and the whole method
-  runs again (up to `max_attempts`), so there is no read-modify-write race. `update_task`'s
+- read-modify-writes (`put_resources`, `update_task`, `set_task_mirror`, the outbox
+  bookkeeping) run under WATCH/MULTI/EXEC in `_atomic`: read the watched keys, queue the
+  writes, EXEC; a concurrent change to a watched key aborts EXEC and the whole method runs
+  again (up to `max_attempts`), so there is no read-modify-write race. `update_task`'s
   `change` may therefore run more than once; it must not have side effects of its own.
+- `upsert_tasks` (and `upsert_task`, a page of one) is a compare-and-set per task: one
+  pipelined read of the page's task hashes, then one script (`_GUARDED_WRITES`) that, task by
+  task, writes only if the hash is still exactly what was read; the tasks changed meanwhile
+  are read and worked out again, alone, so one contested task never makes a page start over.
 - blind multi-key writes (quarantine) are a plain MULTI/EXEC.
 - reads that go index -> records (`list_tasks`, `due_outbox`, ...) WATCH the index and read
-  the records in EXEC, so a page never mixes two states of the store. `iter_resources` is
-  consistent per page only (like SQLite's, it reads page by page).
+  the records in EXEC, or run as one script (`resources_for_patient`), so a page never mixes
+  two states of the store. `iter_resources` is consistent per page only (like SQLite's, it
+  reads page by page). Ingest's batch reads (`get_tasks`, `resource_hashes`,
+  `rules_with_tasks`) are one pipelined round trip of single-key reads.
 - `batch()` groups nothing: each method is already atomic on its own.
 - outbox delivery is shared through a Stream consumer group: a task's head entry is announced
   (XADD) in the transaction that makes it the head, consumers read with XREADGROUP, take over
@@ -81,6 +87,11 @@ _RANK = {Priority.STAT: "0", Priority.ASAP: "1", Priority.URGENT: "2", Priority.
 def _watch(pipe: Pipeline, *keys: str) -> None:
     """WATCH more keys (redis-py leaves `watch` unannotated)."""
     pipe.watch(*keys)  # type: ignore[no-untyped-call]
+
+
+def _command(pipe: Pipeline, *args: str) -> None:
+    """Queue (or send) one command given as its name and arguments."""
+    pipe.execute_command(*args)  # type: ignore[no-untyped-call]
 
 
 def _in_multi(pipe: Pipeline) -> bool:
@@ -282,6 +293,22 @@ def _quarantine_member(source: str, resource_type: str, key: str) -> str:
     return json.dumps([key, source, resource_type])
 
 
+# One Redis command as its name, key and arguments.
+_Command = tuple[str, ...]
+# Tasks per `_GUARDED_WRITES` script: bounds how long one script keeps Redis busy.
+_GUARDED_CHUNK = 200
+
+
+@dataclass(frozen=True)
+class _Guarded:
+    """Writes to apply only if `key` (a hash) still holds `expected` ({}: does not exist)."""
+
+    position: int  # of the draft in its batch
+    key: str
+    expected: dict[str, str]
+    writes: list[_Command]
+
+
 @dataclass(frozen=True)
 class _ResourceWrite:
     """One resource to store: its key and fields, and the index changes it needs."""
@@ -327,21 +354,19 @@ class _ResourceWrite:
         old_patient: str | None,
         old_idents: str | None,
     ) -> None:
-        """Queue the writes (inside MULTI) over what was stored before."""
+        """Queue the writes (inside MULTI) over what was stored before; a new resource's
+        count, id index and source entry are left to the caller (one command per page)."""
         member, record = f"{self.rtype}/{self.rid}", f"{self.source}/{self.rid}"
         for ident in set(json.loads(old_idents or "[]")) - set(self.idents):
             pipe.srem(k.patient_identifier(ident), record)
         for ident in self.idents:
             pipe.sadd(k.patient_identifier(ident), record)
-        if old_hash is None:
-            pipe.hincrby(k.resource_counts(self.source), self.rtype, 1)
-            pipe.sadd(k.sources, self.source)
-            pipe.zadd(k.resource_ids(self.source, self.rtype), {self.rid: 0})
-        elif old_patient is not None and old_patient != self.patient:
+        if old_hash is not None and old_patient is not None and old_patient != self.patient:
             pipe.zrem(k.resource_patient(self.source, old_patient), member)
         if self.patient is not None:
             pipe.zadd(k.resource_patient(self.source, self.patient), {member: 0})
-        pipe.delete(self.key)
+        if old_hash is not None:  # no stale field may survive (a new one has no key yet)
+            pipe.delete(self.key)
         _hset(pipe, self.key, self.fields)
 
 
@@ -359,6 +384,9 @@ class RedisStore(Store):
     """
 
     max_attempts = 64  # WATCH conflicts tolerated per call before giving up
+    # Transactions that found a watched key changed, plus tasks whose compare-and-set in
+    # `upsert_tasks` found their task changed, since the store was opened (for benchmarks).
+    conflicts = 0
 
     def __init__(
         self,
@@ -416,6 +444,7 @@ class RedisStore(Store):
                         pipe.multi()
                     replies = pipe.execute()
                 except WatchError:
+                    self.conflicts += 1
                     continue
                 return finish(replies)
         raise StoreError(f"gave up after {self.max_attempts} conflicting concurrent changes")
@@ -456,14 +485,22 @@ class RedisStore(Store):
                 stored = dict(zip(keys, cast(list[list[str | None]], reads.execute()), strict=True))
             pipe.multi()
             done = []
+            new_ids: dict[str, dict[str, int]] = {}  # per type, the page's new resource ids
             for w in writes:
                 old_hash, old_patient, old_idents = stored[w.key]
                 if old_hash == w.digest:
                     done.append(False)
                     continue
                 w.queue(pipe, self.keys, old_hash, old_patient, old_idents)
+                if old_hash is None:
+                    new_ids.setdefault(w.rtype, {})[w.rid] = 0
                 stored[w.key] = [w.digest, w.patient, w.fields.get("identifiers")]
                 done.append(True)
+            for rtype, ids in new_ids.items():
+                pipe.hincrby(self.keys.resource_counts(source), rtype, len(ids))
+                pipe.zadd(self.keys.resource_ids(source, rtype), cast(Mapping[Any, Any], ids))
+            if new_ids:
+                pipe.sadd(self.keys.sources, source)
             return lambda _: done
 
         return self._atomic(body, *keys)
@@ -516,21 +553,16 @@ class RedisStore(Store):
     def resources_for_patient(
         self, source: str, patient: str, resource_type: str | None = None
     ) -> list[StoredResource]:
-        k, index = self.keys, self.keys.resource_patient(source, patient)
-
-        def body(pipe: Pipeline) -> Finish[list[StoredResource]]:
-            if resource_type is None:
-                members = pipe.zrange(index, 0, -1)
-            else:
-                # "<type>/" up to, not including, "<type>0": '0' is the character after '/'.
-                members = pipe.zrangebylex(index, f"[{resource_type}/", f"({resource_type}0")
-            pipe.multi()
-            for m in cast(list[str], members):
-                rtype, rid = m.split("/", 1)
-                pipe.hgetall(k.resource(source, rtype, rid))
-            return lambda replies: [_resource(h) for h in replies if h]
-
-        return self._atomic(body, index)
+        # One script (one round trip, atomic): the index members, then each resource's hash.
+        # "<type>/" up to, not including, "<type>0": '0' is the character after '/'.
+        index = self.keys.resource_patient(source, patient)
+        low, high = (
+            ("-", "+") if resource_type is None else (f"[{resource_type}/", f"({resource_type}0")
+        )
+        prefix = self.keys.resource(source, "", "")[:-2]  # "T:res:<source>", parts escaped
+        reply = self._redis.eval(_PATIENT_RESOURCES, 1, index, low, high, prefix)
+        hashes = [dict(zip(f[::2], f[1::2], strict=True)) for f in cast(list[list[str]], reply)]
+        return [_resource(h) for h in hashes if h]
 
     @_translate
     def _resource_page(
@@ -697,11 +729,18 @@ class RedisStore(Store):
 
     @_translate
     def release_quarantine(self, source: str, resource_type: str, resource_id: str) -> None:
-        member = _quarantine_member(source, resource_type, resource_id)
+        self.release_quarantines(source, [(resource_type, resource_id)])
+
+    @_translate
+    def release_quarantines(self, source: str, keys: Sequence[tuple[str, str]]) -> None:
+        # Blind deletes: one MULTI of three variadic commands for the whole page.
+        members = list(dict.fromkeys(_quarantine_member(source, t, i) for t, i in keys))
+        if not members:
+            return
         with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hdel(self.keys.quarantine, member)
-            pipe.zrem(self.keys.quarantine_by_time(), member)
-            pipe.zrem(self.keys.quarantine_by_time(source), member)
+            pipe.hdel(self.keys.quarantine, *members)
+            pipe.zrem(self.keys.quarantine_by_time(), *members)
+            pipe.zrem(self.keys.quarantine_by_time(source), *members)
             pipe.execute()
 
     # -- tasks -------------------------------------------------------------------------------
@@ -721,23 +760,32 @@ class RedisStore(Store):
             keys.append(k.tasks_patient(task.patient))
         return keys
 
-    def _queue_task(self, pipe: Pipeline, old: Task | None, new: Task) -> None:
-        """Queue (after MULTI) the writes that replace `old` by `new`, indexes included."""
+    def _task_writes(
+        self, old: Task | None, new: Task, fields: dict[str, str] | None = None
+    ) -> list[_Command]:
+        """The commands that replace `old` (None: no such key) by `new`, indexes included;
+        `fields` are `new`'s hash fields when the caller has them already."""
         member, indexes = _sort_member(new), self._indexes(new)
+        key = self.keys.task(new.id)
+        writes: list[_Command] = []
         if old is not None:
             old_member = _sort_member(old)
-            for key in self._indexes(old):
-                if key not in indexes or old_member != member:
-                    pipe.zrem(key, old_member)
-        key = self.keys.task(new.id)
-        pipe.delete(key)
-        _hset(pipe, key, _task_fields(new))
-        for index in indexes:
-            pipe.zadd(index, {member: 0})
-        pipe.sadd(self.keys.queues, new.queue)
+            writes += [
+                ("ZREM", index, old_member)
+                for index in self._indexes(old)
+                if index not in indexes or old_member != member
+            ]
+            writes.append(("DEL", key))
+        flat = fields if fields is not None else _task_fields(new)
+        writes.append(("HSET", key, *(x for pair in flat.items() for x in pair)))
+        writes += [("ZADD", index, "0", member) for index in indexes]
+        writes.append(("SADD", self.keys.queues, new.queue))
+        return writes
 
-    def _queue_event(self, pipe: Pipeline, event: TaskEvent) -> None:
-        pipe.rpush(self.keys.task_events(event.task_id), _event_json(event))
+    def _queue_task(self, pipe: Pipeline, old: Task | None, new: Task) -> None:
+        """Queue (after MULTI) the writes that replace `old` by `new`, indexes included."""
+        for command in self._task_writes(old, new):
+            _command(pipe, *command)
 
     def _read_task(self, pipe: Pipeline | redis.Redis, task_id: str) -> Task | None:
         h = self._hash(pipe, self.keys.task(task_id))
@@ -745,33 +793,127 @@ class RedisStore(Store):
 
     @_translate
     def upsert_task(self, draft: TaskDraft, now: datetime) -> TaskUpsert:
-        detail = {"focus_version": draft.focus_version}
+        return self.upsert_tasks([draft], now)[0]
 
-        def body(pipe: Pipeline) -> Finish[TaskUpsert]:
-            current = self._read_task(pipe, draft.id)
+    @_translate
+    def upsert_tasks(self, drafts: Sequence[TaskDraft], now: datetime) -> list[TaskUpsert]:
+        # Compare-and-set per task, a page at a time: read the page's task hashes in one
+        # pipelined round trip, work out each upsert, then one script checks each task's hash
+        # is still what was read and applies that task's writes (hash, indexes, history
+        # event); a task changed meanwhile is skipped and reported. Only those are read and
+        # worked out again, so a concurrent change costs a retry of its own task, not of the
+        # page (one WATCH over the page would abort the whole EXEC), and no update is lost.
+        results: list[TaskUpsert | None] = [None] * len(drafts)
+        todo = list(range(len(drafts)))
+        for _ in range(self.max_attempts):
+            if todo:
+                todo = self._upsert_round(drafts, todo, now, results)
+            if not todo:
+                return cast(list[TaskUpsert], results)
+            self.conflicts += len(todo)
+        raise StoreError(f"gave up after {self.max_attempts} conflicting concurrent changes")
+
+    def _upsert_round(
+        self,
+        drafts: Sequence[TaskDraft],
+        todo: list[int],
+        now: datetime,
+        results: list[TaskUpsert | None],
+    ) -> list[int]:
+        """One read + compare-and-set round over `drafts[i]` for i in `todo` (in order);
+        fills `results` and returns the positions to try again (their task changed)."""
+        ids = list(dict.fromkeys(drafts[i].id for i in todo))
+        with self._redis.pipeline(transaction=False) as reads:
+            for task_id in ids:
+                reads.hgetall(self.keys.task(task_id))
+            read = cast(list[dict[str, str]], reads.execute())
+        # Per task: its hash as the next write must find it, and the task it holds.
+        state: dict[str, tuple[dict[str, str], Task | None]] = {
+            task_id: (h, _task(h) if h else None) for task_id, h in zip(ids, read, strict=True)
+        }
+        guarded: list[_Guarded] = []
+        for i in todo:
+            draft = drafts[i]
+            expected, current = state[draft.id]
+            detail = {"focus_version": draft.focus_version}
             if current is None:
                 task = Task.from_draft(draft, now)
                 event = TaskEvent(
                     task.id, now, "bridge", "created", None, task.status.value, detail
                 )
-                pipe.multi()
-                self._queue_task(pipe, None, task)
-                self._queue_event(pipe, event)
-                return lambda _: TaskUpsert(task, created=True, updated=False)
-            refreshed = current.refreshed(draft, now)
-            if refreshed is None:
-                return lambda _: TaskUpsert(current, created=False, updated=False)
-            event = TaskEvent(current.id, now, "bridge", "refreshed", None, None, detail)
-            pipe.multi()
-            self._queue_task(pipe, current, refreshed)
-            self._queue_event(pipe, event)
-            return lambda _: TaskUpsert(refreshed, created=False, updated=True)
+                results[i] = TaskUpsert(task, created=True, updated=False)
+            else:
+                refreshed = current.refreshed(draft, now)
+                if refreshed is None:  # one hash, read atomically: nothing to write or check
+                    results[i] = TaskUpsert(current, created=False, updated=False)
+                    continue
+                task = refreshed
+                event = TaskEvent(task.id, now, "bridge", "refreshed", None, None, detail)
+                results[i] = TaskUpsert(task, created=False, updated=True)
+            fields = _task_fields(task)
+            writes = self._task_writes(current, task, fields)
+            writes.append(("RPUSH", self.keys.task_events(task.id), _event_json(event)))
+            guarded.append(_Guarded(i, self.keys.task(task.id), expected, writes))
+            state[draft.id] = (fields, task)
+        failed = self._apply_guarded(guarded)
+        # A draft after a failed one of the same task was worked out on top of it: again too.
+        first_failed: dict[str, int] = {}
+        for i in failed:
+            first_failed.setdefault(drafts[i].id, i)
+        return [i for i in todo if first_failed.get(drafts[i].id, len(drafts)) <= i]
 
-        return self._atomic(body, self.keys.task(draft.id))
+    def _apply_guarded(self, guarded: Sequence[_Guarded]) -> list[int]:
+        """Run `_GUARDED_WRITES` over `guarded` in order, at most `_GUARDED_CHUNK` a script;
+        the positions of those whose key no longer held what they expected."""
+        failed: list[int] = []
+        for start in range(0, len(guarded), _GUARDED_CHUNK):
+            chunk = guarded[start : start + _GUARDED_CHUNK]
+            keys: dict[str, int] = {}
+
+            def slot(key: str, keys: dict[str, int] = keys) -> str:
+                return str(keys.setdefault(key, len(keys) + 1))
+
+            args: list[str] = [str(len(chunk))]
+            for g in chunk:
+                args += [slot(g.key), str(len(g.expected))]
+                args += [x for pair in g.expected.items() for x in pair]
+                args.append(str(len(g.writes)))
+                for name, key, *rest in g.writes:
+                    args += [name, slot(key), str(len(rest)), *rest]
+            reply = self._redis.eval(_GUARDED_WRITES, len(keys), *keys, *args)
+            failed += [chunk[int(n) - 1].position for n in cast(list[int], reply)]
+        return failed
 
     @_translate
     def get_task(self, task_id: str) -> Task | None:
         return self._read_task(self._redis, task_id)
+
+    @_translate
+    def get_tasks(self, task_ids: Sequence[str]) -> dict[str, Task]:
+        # One pipelined round trip; each task's hash is read atomically, as get_task reads it.
+        ids = list(dict.fromkeys(task_ids))
+        if not ids:
+            return {}
+        with self._redis.pipeline(transaction=False) as reads:
+            for task_id in ids:
+                reads.hgetall(self.keys.task(task_id))
+            hashes = cast(list[dict[str, str]], reads.execute())
+        return {task_id: _task(h) for task_id, h in zip(ids, hashes, strict=True) if h}
+
+    @_translate
+    def rules_with_tasks(self, source: str, focus_type: str, rule_ids: Sequence[str]) -> set[str]:
+        # The rules with any task at all (`tasks:rule:<rule>`, one EXISTS each, pipelined): a
+        # rule makes tasks on one resource type, but of every source, so this may name a rule
+        # whose tasks are all another source's, which only costs ingest its shortcut. Read
+        # live, never cached: another process may have made the first task a moment ago.
+        wanted = list(dict.fromkeys(rule_ids))
+        if not wanted:
+            return set()
+        with self._redis.pipeline(transaction=False) as reads:
+            for rule_id in wanted:
+                reads.exists(self.keys.tasks_rule(rule_id))
+            found = cast(list[int], reads.execute())
+        return {rule_id for rule_id, n in zip(wanted, found, strict=True) if n}
 
     def _select(
         self, bases: list[str], narrow: list[str], offset: int, limit: int
@@ -1530,6 +1672,62 @@ for _, id in ipairs(ids) do
   end
 end
 return #ids
+"""
+
+# KEYS: every key the groups touch; ARGV: the number of groups, then per group: the index in
+# KEYS of its guarded hash, the number n of fields it must hold and n field/value pairs (n = 0:
+# the key must not exist), the number of writes and per write its command name, the index in
+# KEYS of its key, the number of further arguments and those arguments. Groups run in order;
+# a group whose hash is not exactly as expected writes nothing. Returns the numbers (from 1) of
+# those groups. One script, so no other client's command runs between a check and its writes.
+_GUARDED_WRITES = """
+local allowed = {DEL = true, HSET = true, ZADD = true, ZREM = true, SADD = true, RPUSH = true}
+local failed = {}
+local a = 2
+for g = 1, tonumber(ARGV[1]) do
+  local key = KEYS[tonumber(ARGV[a])]
+  local n = tonumber(ARGV[a + 1])
+  a = a + 2
+  local ok
+  if n == 0 then
+    ok = redis.call('EXISTS', key) == 0
+  else
+    ok = redis.call('HLEN', key) == n
+    if ok then
+      local fields = {}
+      for j = 1, n do fields[j] = ARGV[a + 2 * j - 2] end
+      local values = redis.call('HMGET', key, unpack(fields))
+      for j = 1, n do
+        if values[j] ~= ARGV[a + 2 * j - 1] then ok = false; break end
+      end
+    end
+    a = a + 2 * n
+  end
+  local writes = tonumber(ARGV[a])
+  a = a + 1
+  for _ = 1, writes do
+    local name, wkey, count = ARGV[a], KEYS[tonumber(ARGV[a + 1])], tonumber(ARGV[a + 2])
+    if not allowed[name] then return redis.error_reply('not an allowed write: ' .. name) end
+    if ok then redis.call(name, wkey, unpack(ARGV, a + 3, a + 2 + count)) end
+    a = a + 3 + count
+  end
+  if not ok then failed[#failed + 1] = g end
+end
+return failed
+"""
+
+# KEYS: a `res-patient` index; ARGV: lex range low, high, the resource key prefix up to the
+# source (`T:res:<source>`). The fields of each listed resource ("<type>/<id>") in index order
+# (an empty list for one gone meanwhile); the resource keys share the index's hash tag.
+_PATIENT_RESOURCES = """
+local function part(s) return (string.gsub(string.gsub(s, '%%', '%%25'), ':', '%%3A')) end
+local out = {}
+for i, m in ipairs(redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], ARGV[2])) do
+  local slash = string.find(m, '/', 1, true)
+  local rtype, rid = string.sub(m, 1, slash - 1), string.sub(m, slash + 1)
+  out[i] = redis.call('HGETALL', ARGV[3] .. ':' .. part(rtype) .. ':' .. part(rid))
+end
+return out
 """
 
 # KEYS: stream; ARGV: group, consumer, message ids. Resets the idle time of the messages still

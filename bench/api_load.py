@@ -1,18 +1,27 @@
 """Coordinator API under load: p50/p99 of the task list and the patient history with a large
-store, 50 concurrent clients, on each engine.
+store, 50 concurrent clients, on each engine, with one or more API processes.
 
     .venv/bin/python bench/api_load.py [--engines sqlite redis] [--copies 493] [--clients 50]
+        [--workers 1 2] [--sqlite-file PATH] [--redis-prefix PREFIX] [--profile 200]
 
 The store: the packaged sample population ingested once for real (parse, profiles, rules), then
 copied `--copies` times with rewritten ids and references (bench/bulk.py's scheme) straight
 through the storage protocol: resources with `put_resource`, each copy's tasks with
 `upsert_task`. 493 copies hold >= 100,000 tasks and ~14,800 patients (the issue asks for 100k
 tasks and 10k patients). The hospital MRN system is trusted, so every history request links
-records across sources the way a real installation does.
+records across sources the way a real installation does. A filled store can be kept and
+reused: `--sqlite-file PATH` (filled when missing), `--redis-prefix PREFIX` (filled when empty;
+its keys are left in place for the next run: `--drop-redis PREFIX` deletes them). Without those
+the store is temporary and deleted at the end.
 
-The server runs `fhir-bridge`'s app under uvicorn in a child process (one worker, auth off):
-the load generator (asyncio + httpx, one connection per client) does not share its GIL. Two
-load shapes per endpoint, each for `--seconds`:
+Service time first (`--profile N`, 0 skips it): N requests one after the other through the
+app in this process (httpx.ASGITransport, no network, no other load): CPU ms per request (this
+process, every thread; includes the in-process client's share) and wall-clock mean/p50/p99 ms
+per endpoint. The CPU figure is what a request costs, and moves little with the machine's load.
+`--seconds 0` stops there.
+
+Then the server: `fhir-bridge serve [--workers N]` in a child process, for each `--workers`
+value (auth off, no sync). wrk drives two load shapes per endpoint, each for `--seconds`:
 - closed: every client sends its next request as soon as the previous one answered. Latency
   then includes queueing behind the other 49: p99 ~ 50 / throughput. This is saturation.
 - paced: every client waits a random 0-1 s between requests (50 coordinators clicking, about
@@ -148,17 +157,21 @@ def fill(store: Store, copies: int) -> dict[str, Any]:
 
 
 # -- the server --------------------------------------------------------------------------------
-def serve(config: str, port: int) -> None:
-    """Child process: the API over the store `config` names (JSON StorageConfig)."""
-    import uvicorn
-
-    from fhir_bridge.api import create_app
-
-    configure_logging("WARNING")
-    bridge = Bridge(settings_for(StorageConfig(**json.loads(config))), clock=lambda: NOW)
-    uvicorn.run(
-        create_app(bridge), host="127.0.0.1", port=port, log_level="warning", access_log=False
-    )
+def config_file(storage: StorageConfig, port: int, folder: Path) -> Path:
+    """The settings `fhir-bridge serve` reads: `settings_for`, listening on `port`."""
+    settings = {
+        "sources": [{"name": SOURCE, "base_url": "http://127.0.0.1:9/ehr"}],
+        "storage": storage.model_dump(mode="json"),
+        "mappings_dir": str(CONFIG_ROOT / "mappings"),
+        "profiles_dir": str(CONFIG_ROOT / "profiles"),
+        "auth": {"enabled": False, "rate_limit_per_minute": 0},
+        "patients": {"trusted_identifier_systems": [MRN]},
+        "api": {"host": "127.0.0.1", "port": port},
+        "log_level": "WARNING",
+    }
+    path = folder / "bench-api.yaml"
+    path.write_text(json.dumps(settings))  # JSON is YAML
+    return path
 
 
 def _free_port() -> int:
@@ -167,20 +180,77 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(storage: StorageConfig) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(
+    storage: StorageConfig, workers: int, folder: Path
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`fhir-bridge serve` over `storage` with `workers` processes; its process and URL."""
     port = _free_port()
-    config = storage.model_dump_json()
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", config, str(port)])
+    command = [str(Path(sys.executable).with_name("fhir-bridge"))]
+    command += ["-c", str(config_file(storage, port, folder)), "serve"]
+    if workers != 1:
+        command += ["--workers", str(workers)]
+    proc = subprocess.Popen(command)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                time.sleep(2 if workers > 1 else 0)  # the other workers finish starting
                 return proc, url
         except httpx.HTTPError:
-            time.sleep(0.1)
+            time.sleep(0.2)
     proc.kill()
     raise RuntimeError("the API server did not start")
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:  # busy answering requests wrk gave up on
+        proc.kill()
+        proc.wait()
+
+
+def service_time(
+    storage: StorageConfig, endpoints: dict[str, list[str]], requests: int
+) -> dict[str, Any]:
+    """Per endpoint, `requests` requests one at a time through the app in this process."""
+    import asyncio
+
+    from fhir_bridge.api import create_app
+
+    bridge = Bridge(settings_for(storage), clock=lambda: NOW)
+    app = create_app(bridge)
+
+    async def measure(paths: list[str]) -> dict[str, float]:
+        rng = random.Random(5)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+            for path in paths[:20]:  # warm-up
+                (await client.get(path)).raise_for_status()
+            times = []
+            cpu = time.process_time()
+            for _ in range(requests):
+                started = time.perf_counter()
+                (await client.get(rng.choice(paths))).raise_for_status()
+                times.append((time.perf_counter() - started) * 1000)
+            cpu = time.process_time() - cpu
+        times.sort()
+        return {
+            "requests": requests,
+            # CPU time of this process (every thread) per request: what a request costs the
+            # server, hardly moved by other programs on the machine, unlike wall-clock time.
+            "cpu_ms": cpu * 1000 / requests,
+            "mean_ms": sum(times) / len(times),
+            "p50_ms": times[len(times) // 2],
+            "p99_ms": times[min(len(times) - 1, int(len(times) * 0.99))],
+        }
+
+    try:
+        return {name: asyncio.run(measure(paths)) for name, paths in endpoints.items()}
+    finally:
+        bridge.close()
 
 
 # -- the load ----------------------------------------------------------------------------------
@@ -243,12 +313,12 @@ def load(url: str, paths: list[str], clients: int, seconds: float, paced: bool) 
 
 
 def run_engine(
-    name: str, storage: StorageConfig, store: Store, args: argparse.Namespace
+    name: str, storage: StorageConfig, store: Store, args: argparse.Namespace, folder: Path
 ) -> dict[str, Any]:
     if store.is_empty():
         print(f"{name}: building the store ...", file=sys.stderr, flush=True)
         built = fill(store, args.copies)
-    else:  # a kept SQLite file
+    else:  # a kept SQLite file or Redis prefix
         built = {
             "tasks": store.list_tasks(limit=0).total,
             "patient_ids": [r.id for r in store.iter_resources("Patient")],
@@ -266,28 +336,48 @@ def run_engine(
             f"/patients/{SOURCE}/{p}/history" for p in rng.sample(patients, min(500, len(patients)))
         ],
     }
-    proc, url = start_server(storage)
-    try:
-        result: dict[str, Any] = {"store": built}
-        for endpoint, paths in endpoints.items():
-            for shape in ("paced", "closed"):
-                figures = load(url, paths, args.clients, args.seconds, paced=shape == "paced")
-                result[f"{endpoint}_{shape}"] = figures
-                print(
-                    f"  {name:<7} {endpoint:<16} {shape:<6} p50 {figures['p50_ms']:7.1f} ms  "
-                    f"p99 {figures['p99_ms']:7.1f} ms  {figures['rps']:6.0f} req/s  "
-                    f"errors {figures['errors']}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-        return result
-    finally:
-        proc.terminate()
+    result: dict[str, Any] = {"store": built}
+    if args.profile:
+        result["service_time"] = service_time(storage, endpoints, args.profile)
+        for endpoint, figures in result["service_time"].items():
+            print(
+                f"  {name:<7} {endpoint:<16} in-process cpu {figures['cpu_ms']:6.2f} ms  "
+                f"mean {figures['mean_ms']:6.2f} ms  "
+                f"p50 {figures['p50_ms']:6.2f} ms  p99 {figures['p99_ms']:6.2f} ms",
+                file=sys.stderr,
+                flush=True,
+            )
+    for workers in args.workers if args.seconds > 0 else []:  # --seconds 0: service time only
+        proc, url = start_server(storage, workers, folder)
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:  # busy answering requests wrk gave up on
-            proc.kill()
-            proc.wait()
+            for endpoint, paths in endpoints.items():
+                for shape in ("paced", "closed"):
+                    figures = load(url, paths, args.clients, args.seconds, paced=shape == "paced")
+                    result[f"{endpoint}_{shape}_w{workers}"] = figures
+                    print(
+                        f"  {name:<7} w{workers} {endpoint:<16} {shape:<6} "
+                        f"p50 {figures['p50_ms']:7.1f} ms  p99 {figures['p99_ms']:7.1f} ms  "
+                        f"{figures['rps']:6.0f} req/s  errors {figures['errors']}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+        finally:
+            stop_server(proc)
+    return result
+
+
+def drop_redis(prefix: str) -> int:
+    """Delete every key of the Redis store under `prefix`; how many."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match="{" + prefix + "}:*", count=1000))
+        for i in range(0, len(keys), 1000):
+            client.delete(*keys[i : i + 1000])
+        return len(keys)
+    finally:
+        client.close()
 
 
 def main() -> None:
@@ -297,12 +387,21 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument(
+        "--workers", type=int, nargs="+", default=[1], help="API processes, one run per value"
+    )
+    parser.add_argument(
+        "--profile", type=int, default=200, help="in-process requests per endpoint (0: skip)"
+    )
+    parser.add_argument(
         "--sqlite-file", type=Path, help="keep the SQLite store here; reused when it exists"
     )
-    parser.add_argument("--serve", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--redis-prefix", help="keep the Redis store under this key prefix; reused when filled"
+    )
+    parser.add_argument("--drop-redis", metavar="PREFIX", help="delete a kept Redis store, exit")
     args = parser.parse_args()
-    if args.serve:
-        serve(args.serve[0], int(args.serve[1]))
+    if args.drop_redis:
+        print(f"deleted {drop_redis(args.drop_redis)} keys", file=sys.stderr)
         return
     configure_logging("WARNING")
     results: dict[str, Any] = {"clients": args.clients, "seconds": args.seconds}
@@ -311,20 +410,14 @@ def main() -> None:
             if engine == "sqlite":
                 storage = StorageConfig(path=args.sqlite_file or Path(tmp) / "load.db")
             else:
-                prefix = f"bench-load-{uuid.uuid4().hex[:8]}"
+                prefix = args.redis_prefix or f"bench-load-{uuid.uuid4().hex[:8]}"
                 storage = StorageConfig(engine="redis", redis_url=REDIS_URL, key_prefix=prefix)
             store = open_store(storage)
             try:
-                results[engine] = run_engine(engine, storage, store, args)
+                results[engine] = run_engine(engine, storage, store, args, Path(tmp))
             finally:
-                if engine == "redis":
-                    import redis
-
-                    client = redis.Redis.from_url(REDIS_URL)
-                    pattern = "{" + storage.key_prefix + "}:*"
-                    keys = list(client.scan_iter(match=pattern, count=1000))
-                    for i in range(0, len(keys), 1000):
-                        client.delete(*keys[i : i + 1000])
+                if engine == "redis" and not args.redis_prefix:
+                    drop_redis(storage.key_prefix)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"api-load-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"
     out.write_text(json.dumps(results, indent=2, default=str))

@@ -7,7 +7,9 @@ non-zero exit. The work happens in `runtime.Bridge`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -27,7 +29,7 @@ from fhir_bridge.cli_outbox import outbox_app
 from fhir_bridge.cli_patients import patients_app
 from fhir_bridge.cli_sources import sources_app
 from fhir_bridge.cli_worker import worker_app
-from fhir_bridge.config import Settings, load_settings
+from fhir_bridge.config import CONFIG_ENV, Settings, load_settings
 from fhir_bridge.errors import FhirBridgeError
 from fhir_bridge.logging import configure_logging
 from fhir_bridge.runtime import Bridge
@@ -169,16 +171,48 @@ async def _serve(bridge: Bridge) -> None:
     await uvicorn.Server(config).serve()
 
 
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option("--workers", min=1, max=64, help="API processes (default: api.workers, 1)"),
+]
+
+
 @app.command()
-def serve() -> None:
-    """Serve the coordinator API only (no sync, no write-back)."""
+def serve(workers: WorkersOpt = None) -> None:
+    """Serve the coordinator API only (no sync, no write-back), from one or more processes."""
     settings = _settings()
     settings.auth.check_configured()  # before anything starts, not at the first request
+    # Opened here even for several workers: rules, profiles and the store are checked (and a
+    # store's one-time set-up done) once, before any worker starts.
     bridge = Bridge(settings)
+    count = workers or settings.api.workers
+    if count > 1:
+        bridge.close()
+        _serve_workers(settings, count)
+        return
+    gc.freeze()  # see api.main.app_from_environment
     try:
         asyncio.run(_until_interrupted(bridge, serve=True, sync=False, writeback=False))
     finally:
         bridge.close()
+
+
+def _serve_workers(settings: Settings, workers: int) -> None:
+    """`workers` uvicorn processes on one listening socket, each with its own bridge built
+    from the same settings file (`api.main.app_from_environment`); uvicorn's supervisor
+    restarts one that dies and stops them all on Ctrl-C or SIGTERM."""
+    if settings.config_file is not None:
+        os.environ[CONFIG_ENV] = str(settings.config_file)
+    api = settings.api
+    uvicorn.run(
+        "fhir_bridge.api.main:app_from_environment",
+        factory=True,
+        workers=workers,
+        host=api.host,
+        port=api.port,
+        log_config=None,
+        access_log=False,
+    )
 
 
 @app.command()

@@ -430,6 +430,9 @@ class ApiConfig(_Strict):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
+    # API processes of `fhir-bridge serve` (uvicorn workers sharing the port); `run` and
+    # `demo` serve from their own single process whatever this says.
+    workers: int = Field(default=1, ge=1, le=64, description="API processes of `serve`")
     # Who the web UI acts as when auth is off (the demo): GET /me answers it.
     demo_user: str = Field(
         default="demo-coordinator", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.@-]+$"

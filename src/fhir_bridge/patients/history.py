@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from fhir_bridge.patients.contacts import Contact, record_contacts
+from fhir_bridge.patients.contacts import Contact, _StoredFlags, contacts_of
 from fhir_bridge.patients.identity import Link, PatientRecord, linked_records
 from fhir_bridge.patients.text import concept_text
 from fhir_bridge.store.base import Store, StoredResource
@@ -343,6 +343,23 @@ def _tasks(store: Store, records: list[PatientRecord]) -> list[Task]:
     return tasks
 
 
+def _contacts(store: Store, record: PatientRecord, found: list[StoredResource]) -> list[Contact]:
+    """The record's family contacts (as `contacts.record_contacts`), from its resources the
+    history has read already: no second read of them."""
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for stored in found:
+        if stored.resource_type in ("Patient", "RelatedPerson", "Consent"):
+            by_type.setdefault(stored.resource_type, []).append(stored.body)
+    patient = next((p for p in by_type.get("Patient", []) if p.get("id") == record.id), None)
+    return contacts_of(
+        record.source,
+        patient,
+        by_type.get("RelatedPerson", []),
+        by_type.get("Consent", []),
+        _StoredFlags(store),  # only the contacts no Consent decides read a flag
+    )
+
+
 def _reconciled(items: list[HistoryItem], tasks: list[Task]) -> None:
     """Mark each medication with when a coordinator last closed a medications task on it."""
     done: dict[tuple[str, str], Task] = {}
@@ -369,15 +386,19 @@ def patient_history(
     raw: bool = False,
 ) -> PatientHistory | None:
     """The consolidated history of the patient `anchor` is a record of; None when no such
-    Patient is stored. Items are listed newest first within each section."""
+    Patient is stored. Items are listed newest first within each section.
+
+    Store reads, whatever the store's size: the links (`identity.linked_records`), then per
+    linked record one read of its resources (`Store.resources_for_patient`, indexed) and one
+    of its tasks, and a flag read per family contact no Consent decides.
+    """
     links = linked_records(store, anchor, trusted)
     if not links:
         return None
     records = [link.record for link in links]
     order = {record: n for n, record in enumerate(records)}
-    resources = [
-        r for rec in records for r in store.resources_for_patient(rec.source, rec.reference)
-    ]
+    found = {rec: store.resources_for_patient(rec.source, rec.reference) for rec in records}
+    resources = [r for rec in records for r in found[rec]]
     resources.sort(key=lambda r: (r.last_updated or "", r.source, r.id), reverse=True)
     # The record asked for wins a tie: its version is the one shown, the mirrors go in also_in.
     resources.sort(key=lambda r: r.source != anchor.source)
@@ -389,7 +410,7 @@ def patient_history(
     tasks = _tasks(store, records)
     meds = by_type.pop("MedicationStatement", [])
     by_type.pop("RelatedPerson", None)  # listed under `contacts`, with their authorization
-    contacts = [c for rec in records for c in record_contacts(store, rec.source, rec.id)]
+    contacts = [c for rec in records for c in _contacts(store, rec, found[rec])]
     _reconciled(meds, tasks)
     active_tasks = [t for t in tasks if t.is_active]
     closed_tasks = [t for t in tasks if not t.is_active]

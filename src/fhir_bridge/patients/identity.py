@@ -151,10 +151,12 @@ def linked_records(store: Store, anchor: PatientRecord, trusted: Collection[str]
     "different persons" decisions (which cut only the edge between those two records: when
     another path joins them, both still appear, each link naming its path).
 
-    Costs one identifier lookup (`Store.patients_with_identifier`, indexed) per trusted
-    identifier of each linked record, whatever the number of stored patients.
+    Costs one read of each linked record, one of the admins' decisions (`Store.list_facts`
+    of their kind), and one identifier lookup (`Store.patients_with_identifier`, indexed) per
+    trusted identifier of each linked record, whatever the number of stored patients.
     """
-    if store.get_resource(anchor.source, "Patient", anchor.id) is None:
+    first = store.get_resource(anchor.source, "Patient", anchor.id)
+    if first is None:
         return []
     links = [Link(anchor, "the record asked for")]
     manual = decisions(store)
@@ -171,7 +173,7 @@ def linked_records(store: Store, anchor: PatientRecord, trusted: Collection[str]
         found = store.get_resource(record.source, "Patient", record.id)
         return found.body if found is not None else None
 
-    bodies = {anchor: stored(anchor) or {}}
+    bodies = {anchor: first.body}
     seen, queue = {anchor}, [anchor]
     while queue:
         current = queue.pop(0)

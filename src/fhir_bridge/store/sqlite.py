@@ -829,7 +829,10 @@ class SqliteStore(Store):
             clauses.append("due < ?")
             params.append(_ts(due_before))
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        total = self._read(f"SELECT COUNT(*) AS n FROM tasks {where}", params)[0]["n"]  # noqa: S608
+        if f == TaskFilter(queue=queue, statuses=statuses):
+            total = self._counted(queue, statuses)
+        else:
+            total = self._read(f"SELECT COUNT(*) AS n FROM tasks {where}", params)[0]["n"]  # noqa: S608
         if after is not None:
             keyset, keyset_params = _after_clause(after)
             where = f"{where} AND {keyset}" if where else f"WHERE {keyset}"
@@ -841,6 +844,21 @@ class SqliteStore(Store):
         )
         tasks = [_task_from_row(r) for r in rows]
         return TaskPage(tasks[:limit], total, more=len(tasks) > limit)
+
+    def _counted(self, queue: str | None, statuses: Sequence[TaskStatus]) -> int:
+        """The number of tasks of `queue` (any) in `statuses` (any), from `task_counts`: a
+        queue's open list counts tens of thousands of index entries per page otherwise
+        (58k: ~5-20 ms a request)."""
+        clauses, params = [], []
+        if queue is not None:
+            clauses.append("queue = ?")
+            params.append(queue)
+        if statuses:
+            clauses.append(f"status IN ({', '.join('?' * len(statuses))})")
+            params.extend(TaskStatus(s).value for s in statuses)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._read(f"SELECT COALESCE(SUM(n), 0) AS n FROM task_counts {where}", params)  # noqa: S608
+        return int(rows[0]["n"])
 
     def due_counts(self, now: datetime, day_end: datetime) -> dict[str, DueCounts]:
         # Two index ranges over (status, due): only the tasks counted are read.

@@ -215,9 +215,12 @@ def task_page(bridge: Bridge, query: TaskQuery, queue: str | None) -> TaskList:
 
 
 @router.get("", response_model=TaskList, responses=_ERRORS, summary="List tasks with filters")
-def list_tasks(bridge: BridgeDep, query: TaskQueryDep, queue: str | None = None) -> TaskList:
+def list_tasks(bridge: BridgeDep, query: TaskQueryDep, queue: str | None = None) -> Response:
     """Tasks of every queue (or `queue`), highest priority first, then earliest due."""
-    return task_page(bridge, query, queue)
+    # Serialized here: FastAPI would validate the page again against `TaskList` (one more
+    # worker-thread hop) before encoding it, for a model built from it a line above.
+    page = task_page(bridge, query, queue)
+    return Response(page.model_dump_json(), media_type="application/json")
 
 
 @router.post("/bulk-assign", response_model=BulkOut, responses=_ERRORS)

@@ -48,6 +48,7 @@ from redis.exceptions import WatchError
 
 from fhir_bridge.errors import StoreError, TaskNotFound
 from fhir_bridge.patients.refs import patient_reference
+from fhir_bridge.store import bodies
 from fhir_bridge.store.base import (
     AuditFilter,
     AuditRecord,
@@ -186,7 +187,7 @@ def _resource(h: dict[str, str]) -> StoredResource:
         version_id=h.get("version_id"),
         last_updated=h.get("last_updated"),
         content_hash=h["hash"],
-        body=json.loads(h["body"]),
+        body=bodies.loads(h["body"]),
     )
 
 
@@ -357,7 +358,7 @@ class _ResourceWrite:
                 "type": rtype,
                 "id": rid,
                 "hash": digest,
-                "body": json.dumps(resource, separators=(",", ":")),
+                "body": bodies.dumps(resource),
                 "version_id": meta.get("versionId"),
                 "last_updated": meta.get("lastUpdated"),
                 "stored_at": _ts(datetime.now(UTC)),

@@ -19,10 +19,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-import orjson
-
 from fhir_bridge.errors import StoreError, TaskNotFound
 from fhir_bridge.patients.refs import patient_reference
+from fhir_bridge.store import bodies
 from fhir_bridge.store.base import (
     AuditFilter,
     AuditRecord,
@@ -270,18 +269,10 @@ def _resource_from_row(r: sqlite3.Row) -> StoredResource:
         version_id=r["version_id"],
         last_updated=r["last_updated"],
         content_hash=r["hash"],
-        body=_loads(r["body"]),
+        body=bodies.loads(r["body"]),
     )
 
 
-# Resource bodies go through orjson (several times faster than json both ways) except where
-# it would change them: integers beyond 64 bits (orjson refuses to write them, and reads them
-# as floats) and lone surrogates. A body with a run of 19 digits or more (in a number, or in a
-# string: rare, and json reads those right too) is read by json. The run is found by mapping
-# every digit to "0" and every other byte to " " (bytes.translate) and searching the result:
-# a quarter of the time of a regular expression, which cost as much as orjson's whole parse.
-_DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
-_LONG_RUN = b"0" * 19
 _IN_CHUNK = 500  # ids per `IN (...)`: well under SQLite's limit on bound parameters
 _RESOURCE_UPSERT = (
     "INSERT INTO resources VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
@@ -289,22 +280,6 @@ _RESOURCE_UPSERT = (
     "last_updated=excluded.last_updated, hash=excluded.hash, body=excluded.body, "
     "stored_at=excluded.stored_at, patient=excluded.patient WHERE hash != excluded.hash"
 )
-
-
-def _dumps(body: dict[str, Any]) -> str:
-    try:
-        return orjson.dumps(body).decode()
-    except (orjson.JSONEncodeError, TypeError):
-        return json.dumps(body, separators=(",", ":"))
-
-
-def _loads(text: str) -> Any:
-    if _LONG_RUN not in text.encode("utf-8", "surrogatepass").translate(_DIGITS_AS_ZERO):
-        try:
-            return orjson.loads(text)
-        except orjson.JSONDecodeError:
-            pass  # NaN and other things json reads
-    return json.loads(text)
 
 
 def _outbox_from_row(row: sqlite3.Row) -> OutboxEntry:
@@ -435,7 +410,7 @@ class SqliteStore(Store):
                         meta.get("versionId"),
                         meta.get("lastUpdated"),
                         content_hash,
-                        _dumps(resource),
+                        bodies.dumps(resource),
                         _now(),
                         patient_reference(resource),
                     ),
@@ -473,7 +448,7 @@ class SqliteStore(Store):
                                 meta.get("versionId"),
                                 meta.get("lastUpdated"),
                                 digest,
-                                _dumps(resource),
+                                bodies.dumps(resource),
                                 stored_at,
                                 patient_reference(resource),
                             )

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from fhir_bridge.mapping.engine import RuleSet
 from fhir_bridge.sandbox import sample_data_dir
 from fhir_bridge.sync.files import (
     UnreadablePath,
@@ -19,13 +18,7 @@ from fhir_bridge.sync.files import (
 from fhir_bridge.sync.ingest import Ingestor
 from fhir_bridge.tasks.service import TaskService
 from tests.expected import expected_active_tasks
-from tests.utils import NOW, ROOT, sample
-
-
-@pytest.fixture(scope="module")
-def rules() -> RuleSet:
-    """The default mapping rules."""
-    return RuleSet.load(ROOT / "mappings")
+from tests.utils import NOW, sample
 
 
 @pytest.fixture

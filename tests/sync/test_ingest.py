@@ -9,13 +9,12 @@ from typing import Any
 import pytest
 
 from fhir_bridge.config import DEFAULT_RESOURCE_TYPES
-from fhir_bridge.mapping.engine import RuleSet
 from fhir_bridge.sync.engine import dependency_order
 from fhir_bridge.sync.ingest import Ingestor, IngestResult, content_hash, later
 from fhir_bridge.tasks.model import TaskStatus, task_id
 from fhir_bridge.tasks.service import TaskService
 from tests.expected import expected_active_tasks
-from tests.utils import NOW, ROOT, sample
+from tests.utils import NOW, sample
 
 SOURCE = "main-ehr"
 MAPPED_TYPES = [
@@ -25,12 +24,6 @@ MAPPED_TYPES = [
     "MedicationStatement",
     "CoverageEligibilityRequest",
 ]
-
-
-@pytest.fixture(scope="module")
-def rules() -> RuleSet:
-    """The default mapping rules."""
-    return RuleSet.load(ROOT / "mappings")
 
 
 @pytest.fixture

@@ -29,18 +29,6 @@ from tests.utils import NOW, ROOT
 SOURCE = "main-ehr"
 
 
-@pytest.fixture(scope="module")
-def rules() -> RuleSet:
-    """The default mapping rules."""
-    return RuleSet.load(ROOT / "mappings")
-
-
-@pytest.fixture(scope="module")
-def profile_set() -> ProfileSet:
-    """The bridge's profiles."""
-    return ProfileSet.load(ROOT / "profiles")
-
-
 def _samples() -> dict[str, list[dict[str, Any]]]:
     return {
         path.stem: [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -20,7 +20,6 @@ import pytest
 from structlog.testing import capture_logs
 
 from fhir_bridge.config import DEFAULT_RESOURCE_TYPES
-from fhir_bridge.mapping.engine import RuleSet
 from fhir_bridge.store.sqlite import SqliteStore
 from fhir_bridge.sync.engine import dependency_order
 from fhir_bridge.sync.files import ingest_files
@@ -33,23 +32,10 @@ from fhir_bridge.validate.pool import (
     auto_workers,
     encode,
 )
-from fhir_bridge.validate.profiles import ProfileSet
 from tests.sync.test_ingest_pages import _hl7_examples, _samples, _second_pass, _state
 from tests.utils import NOW, ROOT
 
 SOURCE = "main-ehr"  # _state reads this source's hashes
-
-
-@pytest.fixture(scope="module")
-def rules() -> RuleSet:
-    """The default mapping rules."""
-    return RuleSet.load(ROOT / "mappings")
-
-
-@pytest.fixture(scope="module")
-def profile_set() -> ProfileSet:
-    """The bridge's profiles."""
-    return ProfileSet.load(ROOT / "profiles")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import respx
 
 from fhir_bridge.config import SourceConfig
 from fhir_bridge.fhir import FhirClient
-from fhir_bridge.mapping.engine import RuleSet
 from fhir_bridge.sync.engine import since_param, sync_source, sync_type
 from fhir_bridge.sync.ingest import Ingestor
 from fhir_bridge.sync.strategy import (
@@ -23,7 +22,7 @@ from fhir_bridge.sync.strategy import (
     plans_from_metadata,
 )
 from fhir_bridge.tasks.service import TaskService
-from tests.utils import NOW, ROOT
+from tests.utils import NOW
 
 BASE = "https://ehr.example.org/fhir"
 TYPES = ("Patient", "Appointment", "MedicationStatement", "CoverageEligibilityRequest")
@@ -64,12 +63,6 @@ WITHOUT_LAST_UPDATED = capability(
 def source(**kw: Any) -> SourceConfig:
     """A source at BASE syncing TYPES."""
     return SourceConfig(name="ehr", base_url=BASE, **{"resource_types": TYPES, **kw})
-
-
-@pytest.fixture(scope="module")
-def rules() -> RuleSet:
-    """The default mapping rules."""
-    return RuleSet.load(ROOT / "mappings")
 
 
 @pytest.fixture

@@ -214,7 +214,7 @@ def contacts_of(
     return out
 
 
-class _StoredFlags(Mapping[str, Mapping[str, Any]]):
+class StoredFlags(Mapping[str, Mapping[str, Any]]):
     """Coordinators' flags read one key at a time from the store, only for the contacts no
     Consent decides: `%family` runs on the ingest path, where listing every flag of the
     installation per evaluation would cost a scan per resource."""
@@ -249,7 +249,7 @@ def rule_contacts(lookup: _Lookup, patient: str | None) -> list[dict[str, Any]]:
     store = getattr(lookup, "store", None)
     flags: Mapping[str, Mapping[str, Any]] = {}
     if store is not None and hasattr(store, "get_fact"):
-        flags = _StoredFlags(store)
+        flags = StoredFlags(store)
     records = lookup.for_patient("Patient", patient)
     found = contacts_of(
         source,
@@ -271,7 +271,7 @@ def record_contacts(store: Store, source: str, patient_id: str) -> list[Contact]
     for stored in found:
         by_type.setdefault(stored.resource_type, []).append(stored.body)
     patient = next((p for p in by_type.get("Patient", []) if p.get("id") == patient_id), None)
-    flags = _StoredFlags(store)
+    flags = StoredFlags(store)
     return contacts_of(
         source, patient, by_type.get("RelatedPerson", []), by_type.get("Consent", []), flags
     )

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from fhir_bridge.patients.contacts import Contact, _StoredFlags, contacts_of
+from fhir_bridge.patients.contacts import Contact, StoredFlags, contacts_of
 from fhir_bridge.patients.identity import Link, PatientRecord, linked_records
 from fhir_bridge.patients.text import concept_text
 from fhir_bridge.store.base import Store, StoredResource
@@ -356,7 +356,7 @@ def _contacts(store: Store, record: PatientRecord, found: list[StoredResource]) 
         patient,
         by_type.get("RelatedPerson", []),
         by_type.get("Consent", []),
-        _StoredFlags(store),  # only the contacts no Consent decides read a flag
+        StoredFlags(store),  # only the contacts no Consent decides read a flag
     )
 
 

@@ -83,6 +83,8 @@ def test_get_tasks_reads_past_one_chunk(tmp_path):
     try:
         ids = [store.upsert_task(make_draft(focus_id=f"a{i}"), NOW).task.id for i in range(1203)]
         assert set(store.get_tasks(["f" * 20, *ids])) == set(ids)
+        histories = store.task_histories(ids)
+        assert len(histories) == 1203 and all(len(h) == 1 for h in histories.values())
         rows = [(appointment(f"a{i}"), f"h{i}") for i in range(1203)]
         assert all(store.put_resources(SOURCE, rows))
         assert (

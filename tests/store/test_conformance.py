@@ -351,6 +351,23 @@ def test_task_history_records_events(engine_store):
     assert engine_store.task_history("0" * 20) == []
 
 
+def test_task_histories_read_many_tasks_at_once(engine_store):
+    """task_histories gives each task's events as task_history does, by id; unknown ids map
+    to no events; a repeated id is answered once."""
+    first = engine_store.upsert_task(draft(), NOW).task
+    second = engine_store.upsert_task(draft(focus_id="a2"), NOW).task
+    engine_store.update_task(first.id, mirror_change(TaskStatus.IN_PROGRESS, NOW))
+    unknown = "0" * 20
+    found = engine_store.task_histories([first.id, second.id, unknown, first.id])
+    assert found == {
+        first.id: engine_store.task_history(first.id),
+        second.id: engine_store.task_history(second.id),
+        unknown: [],
+    }
+    assert [e.action for e in found[first.id]] == ["created", "status"]
+    assert engine_store.task_histories([]) == {}
+
+
 def test_upsert_twice_never_duplicates(engine_store):
     """The same identity upserted twice is one task."""
     engine_store.upsert_task(draft(), NOW)

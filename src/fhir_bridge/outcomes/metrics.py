@@ -265,7 +265,7 @@ def outcomes(
     task are named, so a scoped reader sees no references from other teams' work.
     """
     tasks = [t for t in store.iter_tasks() if queues is None or t.queue in queues]
-    history = {t.id: store.task_history(t.id) for t in tasks}
+    history = store.task_histories([t.id for t in tasks])
     tasks_of: dict[str, list[str]] = {}
     for t in tasks:
         tasks_of.setdefault(f"{t.source}/{t.focus}", []).append(t.id)

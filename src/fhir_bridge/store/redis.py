@@ -1139,6 +1139,20 @@ class RedisStore(Store):
         raw = cast(list[str], self._redis.lrange(self.keys.task_events(task_id), 0, -1))
         return [_event(e) for e in raw]
 
+    @_translate
+    def task_histories(self, task_ids: Sequence[str]) -> dict[str, list[TaskEvent]]:
+        ids = list(dict.fromkeys(task_ids))
+        out: dict[str, list[TaskEvent]] = {}
+        for start in range(0, len(ids), 1000):  # one round trip per thousand tasks
+            chunk = ids[start : start + 1000]
+            with self._redis.pipeline(transaction=False) as pipe:
+                for task_id in chunk:
+                    pipe.lrange(self.keys.task_events(task_id), 0, -1)
+                replies = cast(list[list[str]], pipe.execute())
+            for task_id, raw in zip(chunk, replies, strict=True):
+                out[task_id] = [_event(e) for e in raw]
+        return out
+
     # -- outbox ------------------------------------------------------------------------------
     def _read_entries(self, index: str, pick: Callable[[Pipeline], list[int]]) -> list[OutboxEntry]:
         """Entries whose ids `pick` reads from `index` (watched), fetched in one EXEC."""

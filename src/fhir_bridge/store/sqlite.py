@@ -282,6 +282,18 @@ _RESOURCE_UPSERT = (
 )
 
 
+def _event_from_row(r: sqlite3.Row) -> TaskEvent:
+    return TaskEvent(
+        task_id=r["task_id"],
+        at=datetime.fromisoformat(r["at"]),
+        actor=r["actor"],
+        action=r["action"],
+        from_status=r["from_status"],
+        to_status=r["to_status"],
+        detail=json.loads(r["detail"]),
+    )
+
+
 def _outbox_from_row(row: sqlite3.Row) -> OutboxEntry:
     next_at, created = _dt(row["next_attempt_at"]), _dt(row["created_at"])
     assert next_at is not None and created is not None  # noqa: S101  (NOT NULL columns)
@@ -899,18 +911,21 @@ class SqliteStore(Store):
 
     def task_history(self, task_id: str) -> list[TaskEvent]:
         rows = self._read("SELECT * FROM task_events WHERE task_id=? ORDER BY seq", (task_id,))
-        return [
-            TaskEvent(
-                task_id=r["task_id"],
-                at=datetime.fromisoformat(r["at"]),
-                actor=r["actor"],
-                action=r["action"],
-                from_status=r["from_status"],
-                to_status=r["to_status"],
-                detail=json.loads(r["detail"]),
+        return [_event_from_row(r) for r in rows]
+
+    def task_histories(self, task_ids: Sequence[str]) -> dict[str, list[TaskEvent]]:
+        out: dict[str, list[TaskEvent]] = {task_id: [] for task_id in task_ids}
+        ids = list(out)
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start : start + _IN_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            rows = self._read(
+                f"SELECT * FROM task_events WHERE task_id IN ({marks}) ORDER BY task_id, seq",  # noqa: S608
+                chunk,
             )
-            for r in rows
-        ]
+            for r in rows:
+                out[r["task_id"]].append(_event_from_row(r))
+        return out
 
     # -- outbox ------------------------------------------------------------------------------
     def due_outbox(self, now: datetime, limit: int = 100) -> list[OutboxEntry]:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from fhir_bridge.patients.text import concept_text
 
 if TYPE_CHECKING:
-    from fhir_bridge.store.base import Store
+    from fhir_bridge.store.base import Store, StoredResource
 
 FACT_KIND = "family-sharing"
 PRIVACY_SCOPE = "patient-privacy"
@@ -214,7 +214,7 @@ def contacts_of(
     return out
 
 
-class StoredFlags(Mapping[str, Mapping[str, Any]]):
+class _StoredFlags(Mapping[str, Mapping[str, Any]]):
     """Coordinators' flags read one key at a time from the store, only for the contacts no
     Consent decides: `%family` runs on the ingest path, where listing every flag of the
     installation per evaluation would cost a scan per resource."""
@@ -249,7 +249,7 @@ def rule_contacts(lookup: _Lookup, patient: str | None) -> list[dict[str, Any]]:
     store = getattr(lookup, "store", None)
     flags: Mapping[str, Mapping[str, Any]] = {}
     if store is not None and hasattr(store, "get_fact"):
-        flags = StoredFlags(store)
+        flags = _StoredFlags(store)
     records = lookup.for_patient("Patient", patient)
     found = contacts_of(
         source,
@@ -265,13 +265,24 @@ def rule_contacts(lookup: _Lookup, patient: str | None) -> list[dict[str, Any]]:
 
 def record_contacts(store: Store, source: str, patient_id: str) -> list[Contact]:
     """Every contact of the Patient record `patient_id` of `source`, as stored now."""
-    reference = f"Patient/{patient_id}"
-    found = store.resources_for_patient(source, reference)
+    found = store.resources_for_patient(source, f"Patient/{patient_id}")
+    return contacts_among(store, source, patient_id, found)
+
+
+def contacts_among(
+    store: Store, source: str, patient_id: str, found: Iterable[StoredResource]
+) -> list[Contact]:
+    """The contacts of the Patient record `patient_id` of `source` from its resources `found`
+    (as `Store.resources_for_patient` gives them), for a caller that has read them already;
+    coordinators' flags are read from `store`, only for contacts no Consent decides."""
     by_type: dict[str, list[dict[str, Any]]] = {}
     for stored in found:
         by_type.setdefault(stored.resource_type, []).append(stored.body)
     patient = next((p for p in by_type.get("Patient", []) if p.get("id") == patient_id), None)
-    flags = StoredFlags(store)
     return contacts_of(
-        source, patient, by_type.get("RelatedPerson", []), by_type.get("Consent", []), flags
+        source,
+        patient,
+        by_type.get("RelatedPerson", []),
+        by_type.get("Consent", []),
+        _StoredFlags(store),
     )

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from fhir_bridge.patients.contacts import Contact, StoredFlags, contacts_of
+from fhir_bridge.patients.contacts import Contact, contacts_among
 from fhir_bridge.patients.identity import Link, PatientRecord, linked_records
 from fhir_bridge.patients.text import concept_text
 from fhir_bridge.store.base import Store, StoredResource
@@ -343,23 +343,6 @@ def _tasks(store: Store, records: list[PatientRecord]) -> list[Task]:
     return tasks
 
 
-def _contacts(store: Store, record: PatientRecord, found: list[StoredResource]) -> list[Contact]:
-    """The record's family contacts (as `contacts.record_contacts`), from its resources the
-    history has read already: no second read of them."""
-    by_type: dict[str, list[dict[str, Any]]] = {}
-    for stored in found:
-        if stored.resource_type in ("Patient", "RelatedPerson", "Consent"):
-            by_type.setdefault(stored.resource_type, []).append(stored.body)
-    patient = next((p for p in by_type.get("Patient", []) if p.get("id") == record.id), None)
-    return contacts_of(
-        record.source,
-        patient,
-        by_type.get("RelatedPerson", []),
-        by_type.get("Consent", []),
-        StoredFlags(store),  # only the contacts no Consent decides read a flag
-    )
-
-
 def _reconciled(items: list[HistoryItem], tasks: list[Task]) -> None:
     """Mark each medication with when a coordinator last closed a medications task on it."""
     done: dict[tuple[str, str], Task] = {}
@@ -410,7 +393,7 @@ def patient_history(
     tasks = _tasks(store, records)
     meds = by_type.pop("MedicationStatement", [])
     by_type.pop("RelatedPerson", None)  # listed under `contacts`, with their authorization
-    contacts = [c for rec in records for c in _contacts(store, rec, found[rec])]
+    contacts = [c for rec in records for c in contacts_among(store, rec.source, rec.id, found[rec])]
     _reconciled(meds, tasks)
     active_tasks = [t for t in tasks if t.is_active]
     closed_tasks = [t for t in tasks if not t.is_active]

@@ -38,6 +38,7 @@ from fhir_bridge.config import (
 )
 from fhir_bridge.errors import ConfigError, StoreError
 from fhir_bridge.fhir import FhirClient
+from fhir_bridge.fhir.client import parse_retry_after
 from fhir_bridge.patients.contacts import FACT_KIND, fact_key, flag_value
 from fhir_bridge.runtime import Bridge
 from fhir_bridge.store.keys import Keys
@@ -52,7 +53,6 @@ from fhir_bridge.writeback.webhook import (
     WebhookRefused,
     WebhookRetry,
     drafts,
-    retry_after,
     sign,
     verify,
 )
@@ -687,7 +687,9 @@ def test_signature_is_hmac_sha256_over_timestamp_dot_body():
 
 
 def test_retry_after_reads_seconds_and_dates():
-    """Retry-After: seconds, an HTTP date (relative to now, not negative), or nothing."""
+    """Retry-After (the FHIR client's parser, which the webhook uses): seconds, an HTTP date
+    (relative to now, not negative), or nothing."""
+    retry_after = parse_retry_after
     assert retry_after("7", NOW) == 7.0
     assert retry_after(format_datetime(NOW - timedelta(hours=1), usegmt=True), NOW) == 0.0
     assert retry_after(None, NOW) is None and retry_after("later", NOW) is None

@@ -333,6 +333,6 @@ def _count(value: object) -> int | None:
 
 
 def _retry_after(value: str | None) -> float | None:
-    from fhir_bridge.fhir.client import _parse_retry_after
+    from fhir_bridge.fhir.client import parse_retry_after
 
-    return _parse_retry_after(value)
+    return parse_retry_after(value)

@@ -501,7 +501,7 @@ def _retry_after(headers: httpx.Headers) -> float | None:
             value = -1.0
         if 0 <= value < float("inf"):
             return value / 1000.0
-    return _parse_retry_after(headers.get("Retry-After"))
+    return parse_retry_after(headers.get("Retry-After"))
 
 
 def _transport_error(
@@ -515,9 +515,10 @@ def _transport_error(
     return FatalFhirError(message, url=path)
 
 
-def _parse_retry_after(value: str | None) -> float | None:
-    """Read ``Retry-After`` as delay-seconds or an HTTP-date; ``None`` if absent or garbled."""
-    if value is None:
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Read ``Retry-After`` as delay-seconds or an HTTP-date (seconds from `now`, default the
+    current time, never negative); ``None`` if absent or garbled."""
+    if not value:
         return None
     value = value.strip()
     if value.isdigit():
@@ -528,7 +529,7 @@ def _parse_retry_after(value: str | None) -> float | None:
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 def _outcome_text(response: httpx.Response) -> str | None:

@@ -32,7 +32,6 @@ import json
 import time
 from collections.abc import Mapping
 from datetime import datetime
-from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from typing import Any
 
@@ -41,7 +40,7 @@ import httpx
 from fhir_bridge.config import FamilyWebhookConfig
 from fhir_bridge.errors import ConfigError, FatalFhirError, FhirBridgeError
 from fhir_bridge.fhir import FhirClient
-from fhir_bridge.fhir.client import user_agent
+from fhir_bridge.fhir.client import parse_retry_after, user_agent
 from fhir_bridge.logging import get_logger
 from fhir_bridge.patients.contacts import Contact, record_contacts
 from fhir_bridge.store.base import Store
@@ -143,20 +142,6 @@ def verify(secret: bytes, header: str, body: bytes, *, now: float, tolerance: fl
         return False
     expected = sign(secret, timestamp, body).rpartition("v1=")[2]
     return hmac.compare_digest(expected, parts.get("v1", ""))
-
-
-def retry_after(value: str | None, now: datetime) -> float | None:
-    """Seconds from `Retry-After` (seconds, or an HTTP date), None when absent or unreadable."""
-    if not value:
-        return None
-    text = value.strip()
-    if text.isdigit():
-        return float(text)
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - now).total_seconds())
 
 
 # -- delivering --------------------------------------------------------------------------------
@@ -365,6 +350,6 @@ def _outcome(response: httpx.Response, now: datetime) -> None:
         phrase = "unknown status"
     text = f"the webhook receiver answered {status} {phrase}"
     if status in _RETRY_STATUSES or status >= 500:
-        wait = retry_after(response.headers.get("Retry-After"), now)
+        wait = parse_retry_after(response.headers.get("Retry-After"), now)
         raise WebhookRetry(text, status=status, retry_after=wait)
     raise WebhookRefused(text, status=status)

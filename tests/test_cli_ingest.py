@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from fhir_bridge.cli_ingest import ingest_app
 from fhir_bridge.sandbox import sample_data_dir
 from fhir_bridge.store.sqlite import SqliteStore
-from tests.utils import ROOT, sample
+from tests.utils import ROOT, sample, settings_file
 
 runner = CliRunner()
 
@@ -19,11 +19,7 @@ runner = CliRunner()
 @pytest.fixture
 def config(tmp_path) -> Path:
     """A settings file with no sources and a store in tmp_path."""
-    path = tmp_path / "bridge.yaml"
-    path.write_text(
-        f"storage: {{path: {tmp_path / 'b.db'}}}\n"
-        f"mappings_dir: {ROOT / 'mappings'}\nprofiles_dir: {ROOT / 'profiles'}\n"
-    )
+    path = settings_file(tmp_path)
     return path
 
 

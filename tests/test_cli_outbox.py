@@ -12,7 +12,7 @@ from fhir_bridge.cli_outbox import outbox_app
 from fhir_bridge.store.sqlite import SqliteStore
 from fhir_bridge.tasks.model import OutboxStatus, TaskStatus
 from fhir_bridge.tasks.service import TaskService
-from tests.utils import NOW, ROOT, make_draft
+from tests.utils import NOW, make_draft, settings_file
 
 runner = CliRunner()
 
@@ -20,11 +20,7 @@ runner = CliRunner()
 @pytest.fixture
 def config(tmp_path) -> Path:
     """A settings file with a store holding one dead and one pending outbox entry."""
-    path = tmp_path / "bridge.yaml"
-    path.write_text(
-        f"storage: {{path: {tmp_path / 'b.db'}}}\n"
-        f"mappings_dir: {ROOT / 'mappings'}\nprofiles_dir: {ROOT / 'profiles'}\n"
-    )
+    path = settings_file(tmp_path)
     store = SqliteStore(tmp_path / "b.db")
     try:
         service = TaskService(store, lambda: NOW, ["ehr1"])

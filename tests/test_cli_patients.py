@@ -11,18 +11,14 @@ from fhir_bridge.cli_patients import patients_app
 from fhir_bridge.patients.identity import PatientRecord, linked_records
 from fhir_bridge.store.sqlite import SqliteStore
 from fhir_bridge.sync.ingest import content_hash
-from tests.utils import ROOT
+from tests.utils import settings_file
 
 runner = CliRunner()
 
 
 @pytest.fixture
 def config(tmp_path) -> Path:
-    path = tmp_path / "bridge.yaml"
-    path.write_text(
-        f"storage: {{path: {tmp_path / 'b.db'}}}\n"
-        f"mappings_dir: {ROOT / 'mappings'}\nprofiles_dir: {ROOT / 'profiles'}\n"
-    )
+    path = settings_file(tmp_path)
     store = SqliteStore(tmp_path / "b.db")
     for source, pid in (("ehr", "p1"), ("lab", "q9")):
         body = {"resourceType": "Patient", "id": pid}

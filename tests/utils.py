@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from fhir_bridge.sandbox import sample_data_dir
 from fhir_bridge.tasks.model import Priority, TaskDraft
@@ -37,3 +41,24 @@ def make_draft(**overrides: Any) -> TaskDraft:
         "due": NOW + timedelta(days=2),
     }
     return TaskDraft(**(fields | overrides))
+
+
+def settings_file(folder: Path, extra: str = "") -> Path:
+    """folder/bridge.yaml: a SQLite store at folder/b.db, the default mappings and profiles,
+    then `extra` YAML lines."""
+    path = folder / "bridge.yaml"
+    path.write_text(
+        f"storage: {{path: {folder / 'b.db'}}}\n"
+        f"mappings_dir: {ROOT / 'mappings'}\nprofiles_dir: {ROOT / 'profiles'}\n{extra}"
+    )
+    return path
+
+
+def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    """Poll `condition` every 50 ms; fail the test with `what` after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"timed out after {seconds} s waiting for {what}", pytrace=False)

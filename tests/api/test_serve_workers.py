@@ -25,7 +25,7 @@ from fhir_bridge.api.main import app_from_environment
 from fhir_bridge.config import CONFIG_ENV, ApiConfig
 from fhir_bridge.store.sqlite import SqliteStore
 from fhir_bridge.sync.ingest import content_hash
-from tests.utils import ROOT
+from tests.utils import settings_file
 
 runner = CliRunner()
 
@@ -38,12 +38,10 @@ def _free_port() -> int:
 
 def write_config(tmp_path: Path, port: int = 8080, extra: str = "") -> Path:
     """Settings with auth off over a SQLite file holding Patient p1 of source ehr."""
-    path = tmp_path / "bridge.yaml"
-    path.write_text(
-        f"storage: {{path: {tmp_path / 'b.db'}}}\n"
-        f"mappings_dir: {ROOT / 'mappings'}\nprofiles_dir: {ROOT / 'profiles'}\n"
+    path = settings_file(
+        tmp_path,
         f"auth: {{enabled: false}}\nlog_level: WARNING\n"
-        f"api: {{host: 127.0.0.1, port: {port}{extra}}}\n"
+        f"api: {{host: 127.0.0.1, port: {port}{extra}}}\n",
     )
     store = SqliteStore(tmp_path / "b.db")
     body = {"resourceType": "Patient", "id": "p1"}

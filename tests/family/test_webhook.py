@@ -60,7 +60,7 @@ from tests.api.sample import sample_bridge
 from tests.logcapture import json_log_lines
 from tests.sandbox_fixtures import seeded_server
 from tests.store.conftest import REDIS_URL, delete_namespace
-from tests.utils import NOW, ROOT
+from tests.utils import NOW, ROOT, settings_file
 
 SECRET_ENV = "FHIR_BRIDGE_TEST_WEBHOOK_SECRET"
 SECRET = "s3cret-for-tests-only"
@@ -441,11 +441,7 @@ def test_outbox_cli_shows_a_parked_webhook_entry(tmp_path, receiver: Receiver):
         env.deliver_all()
     finally:
         env.close()
-    config = tmp_path / "bridge.yaml"
-    config.write_text(
-        f"storage: {{path: {tmp_path / 'b.db'}}}\n"
-        f"mappings_dir: {ROOT / 'mappings'}\nprofiles_dir: {ROOT / 'profiles'}\n"
-    )
+    config = settings_file(tmp_path)
     listed = CliRunner().invoke(outbox_app, ["list", "-c", str(config), "--status", "dead"])
     assert listed.exit_code == 0, listed.output
     assert "family-webhook" in listed.output and "422" in listed.output

@@ -32,7 +32,7 @@ from fhir_bridge.errors import StoreError, TaskConflict
 from fhir_bridge.runtime import Bridge
 from fhir_bridge.store.redis import RedisStore
 from fhir_bridge.tasks.model import OutboxStatus
-from tests.utils import ROOT, make_draft
+from tests.utils import ROOT, make_draft, wait_for
 
 pytestmark = pytest.mark.integration
 SYSTEM = "urn:fhir-bridge:task"
@@ -149,16 +149,6 @@ def settings_file(folder: Path, url: str, redis_url: str) -> Path:
     path = folder / "bridge.yaml"
     path.write_text(yaml.safe_dump(settings))
     return path
-
-
-def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
-    """Poll `condition` every 50 ms; fail the test with `what` after `seconds`."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"timed out after {seconds} s waiting for {what}", pytrace=False)
 
 
 def until_stored(call: Callable[[], T], seconds: float = 60) -> T:

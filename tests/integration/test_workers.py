@@ -27,7 +27,7 @@ from fhir_bridge.tasks.model import OutboxStatus, TaskStatus
 from fhir_bridge.writeback.delivery import CRASH_AFTER_CREATE_ENV
 from tests.sandbox_fixtures import seeded_server
 from tests.store.conftest import REDIS_URL, redis_client, redis_prefix  # noqa: F401
-from tests.utils import ROOT
+from tests.utils import ROOT, wait_for
 
 pytestmark = pytest.mark.integration
 TYPES = ["Patient", "CarePlan", "Appointment", "MedicationStatement", "Coverage"]
@@ -102,16 +102,6 @@ def workers(tmp_path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
-
-
-def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
-    """Poll `condition` every 50 ms; fail the test with `what` after `seconds`."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"timed out after {seconds} s waiting for {what}", pytrace=False)
 
 
 def server_versions(url: str) -> dict[tuple[str, str], str]:

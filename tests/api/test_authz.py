@@ -658,3 +658,33 @@ def test_auth_off_still_audits_with_the_named_coordinator():
         assert (record.subtype, record.outcome, record.patient) == ("task-claim", "0", task.patient)
     finally:
         b.close()
+
+
+def test_only_credentials_that_may_wait_leave_the_event_loop(jwks_file: Path, keys):
+    """`authorize` checks on the event loop unless the check may wait: a first (slow) API key
+    check, or a token from an issuer whose keys come from a URL."""
+    from starlette.requests import Request
+
+    from fhir_bridge.api.auth import Authenticator
+
+    def request(headers: dict[str, str]) -> Request:
+        raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        return Request({"type": "http", "method": "GET", "path": "/tasks", "headers": raw})
+
+    by_url = {
+        "issuer": "https://idp.example/url",
+        "audience": AUD,
+        "jwks_url": "https://idp.example/jwks",
+    }
+    auth = Authenticator(
+        auth_settings(jwks_file, issuers=[auth_settings(jwks_file).issuers[0], by_url])
+    )
+    key = request({"X-API-Key": API_KEY})
+    assert auth.may_block(key)  # the first check of a key is PBKDF2
+    assert auth.principal(key).subject == "reporting-job"
+    assert not auth.may_block(key)  # verified once: a dictionary lookup
+    assert not auth.may_block(request(bearer(token(keys, "ann", ["coordinator"]))))  # JWKS file
+    from_url = token(keys, "ann", ["coordinator"], iss="https://idp.example/url")
+    assert auth.may_block(request(bearer(from_url)))
+    assert not auth.may_block(request(bearer("not-a-jwt")))  # refused at once
+    assert not auth.may_block(request({}))

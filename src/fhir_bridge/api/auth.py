@@ -199,6 +199,11 @@ class _Issuer:
             except (OSError, jwt.PyJWTError, ValueError) as exc:
                 raise ConfigError(f"auth: cannot read JWKS {config.jwks_file}: {exc}") from None
 
+    @property
+    def fetches(self) -> bool:
+        """True when keys come from a URL (a lookup may wait on the network)."""
+        return self._client is not None
+
     def key_for(self, token: str) -> PyJWK:
         """The JWK that signed `token` (by `kid`; the only key when the token names none)."""
         if self._client is not None:
@@ -246,6 +251,24 @@ class Authenticator:
         if scheme.lower() != "bearer" or not token.strip():
             raise unauthorized("a bearer token or an X-API-Key is required", "missing")
         return self._from_token(token.strip())
+
+    def may_block(self, request: Request) -> bool:
+        """Whether `principal(request)` may wait: on a JWKS URL (PyJWKClient fetches it when
+        its cache misses) or on the deliberately slow first check of an API key."""
+        key = request.headers.get(API_KEY_HEADER)
+        if key:
+            fingerprint = hashlib.sha256(key.encode()).hexdigest()
+            with self._lock:
+                return fingerprint not in self._verified
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            return False  # refused at once
+        try:
+            claims = jwt.decode(token.strip(), options={"verify_signature": False})
+        except jwt.PyJWTError:
+            return False  # refused at once
+        issuer = self.issuers.get(str(claims.get("iss")))
+        return issuer is not None and issuer.fetches
 
     def _from_key(self, key: str) -> Principal:
         fingerprint = hashlib.sha256(key.encode()).hexdigest()

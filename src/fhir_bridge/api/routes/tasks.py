@@ -145,7 +145,7 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
-def task_query(
+async def task_query(  # async: no I/O, so no worker-thread hop (see deps.get_bridge)
     kind: str | None = None,
     status: Annotated[
         list[TaskStatus] | None, Query(description="repeat to filter by several statuses")

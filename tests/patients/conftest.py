@@ -57,6 +57,13 @@ def store() -> Iterator[Store]:
     """Jane Roe as p1 in "ehr" and c7 in "clinic" (same MRN), q3 in "lab" (linked to c7 by
     the clinic's id), and an unrelated z9 in "lab" sharing only an untrusted SSN."""
     s = SqliteStore(":memory:")
+    fill_jane(s)
+    yield s
+    s.close()
+
+
+def fill_jane(s: Store) -> None:
+    """Store Jane Roe's records and tasks (see the `store` fixture)."""
     put(s, "ehr", patient("p1", (MRN, "123"), (SSN, "999")))
     put(s, "clinic", patient("c7", (MRN, "123"), (CLINIC_ID, "C-7"), phone="555-0199"))
     put(s, "lab", patient("q3", (CLINIC_ID, "C-7")))
@@ -97,5 +104,3 @@ def store() -> Iterator[Store]:
     s.update_task(task.id, complete)
     s.upsert_task(make_draft(source="clinic", focus_id="a-c", patient="Patient/c7"), NOW)
     s.upsert_task(make_draft(source="lab", focus_id="a-z", patient="Patient/z9"), NOW)
-    yield s
-    s.close()

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from fhir_bridge.patients.history import patient_history
-from fhir_bridge.patients.identity import PatientRecord
+from fhir_bridge.patients.identity import Decision, PatientRecord, decide
 from fhir_bridge.store import SqliteStore
 from fhir_bridge.store.base import Store
 from fhir_bridge.store.redis import RedisStore
-from tests.patients.conftest import CLINIC_ID, MRN, SSN, about, patient, put
+from tests.patients.conftest import CLINIC_ID, MRN, SSN, about, fill_jane, patient, put
 from tests.patients.conftest import store as jane_store  # noqa: F401  (fixture)
 from tests.store.conftest import REDIS_URL, redis_client, redis_prefix  # noqa: F401
 from tests.utils import NOW, make_draft
@@ -100,3 +100,30 @@ def test_history_calls_bounded_on_each_engine(empty_store):
     crowd(empty_store, 100)
     assert calls_for(empty_store) == before
     assert not SCANS & set(before)
+
+
+@pytest.mark.integration
+def test_redis_history_equals_sqlite_history(redis_prefix):  # noqa: F811
+    """Redis answers the history's first reads with one script (`Store.patient_reads`); the
+    consolidated view is the same as SQLite's single reads give, from every linked record
+    and with an admin's decision in force."""
+    sqlite, redis_store = SqliteStore(":memory:"), RedisStore(REDIS_URL, key_prefix=redis_prefix)
+    try:
+        for engine in (sqlite, redis_store):
+            fill_jane(engine)
+            same = Decision(
+                PatientRecord("lab", "q3"), PatientRecord("lab", "z9"), True, "ann", NOW
+            )
+            decide(engine, same)
+        for anchor in (
+            PatientRecord("ehr", "p1"),
+            PatientRecord("clinic", "c7"),
+            PatientRecord("lab", "z9"),
+        ):
+            mine = patient_history(redis_store, anchor, TRUSTED, NOW)
+            assert mine is not None and mine == patient_history(sqlite, anchor, TRUSTED, NOW)
+        assert len(mine.links) == 4  # z9 joins Jane through the admin's decision
+        assert patient_history(redis_store, PatientRecord("ehr", "nobody"), TRUSTED, NOW) is None
+    finally:
+        sqlite.close()
+        redis_store.close()

@@ -18,6 +18,7 @@ from fhir_bridge.store.base import (
     QuarantineEntry,
     TaskCursor,
 )
+from fhir_bridge.store.sqlite import SqliteStore
 from fhir_bridge.tasks.model import (
     MIRROR_ACTION,
     OutboxDraft,
@@ -1156,3 +1157,48 @@ def test_audit_pages_with_cursor(engine_store):
     assert [r.id for r in engine_store.list_audit(AuditFilter(agent="eli"), cursor=more)[0]] == [
         ids[1]
     ]
+
+
+def test_patient_reads_answer_what_the_single_reads_answer(engine_store):
+    """`patient_reads` (Redis: one script) gives the Patient, the facts of a kind, the records
+    sharing its trusted identifiers, its resources and its tasks, as the single reads do;
+    None for a Patient not stored. SQLite has no combined read (None: read one by one)."""
+    mrn, ssn = "urn:mrn", "urn:ssn"
+    patient = resource("Patient", "p1") | {
+        "identifier": [
+            {"system": mrn, "value": "M1"},
+            {"system": ssn, "value": "S1"},  # not trusted: not read ahead
+            {"system": mrn},  # no value
+        ]
+    }
+    engine_store.put_resource(SOURCE, patient, "p")
+    engine_store.put_resource(
+        "other-ehr",
+        resource("Patient", "o9") | {"identifier": [{"system": mrn, "value": "M1"}]},
+        "o",
+    )
+    engine_store.put_resource(SOURCE, resource("CarePlan", "c1"), "c1")
+    engine_store.put_resource(SOURCE, resource("CarePlan", "c2", patient="p2"), "c2")
+    engine_store.put_fact("patient-link", "a|b", {"same_person": True})
+    engine_store.put_fact("other-kind", "x", {"n": 1})
+    mine = engine_store.upsert_task(draft("a1", patient="Patient/p1"), NOW).task
+    elsewhere = engine_store.upsert_task(
+        draft("a2", patient="Patient/p1", source="other-ehr"), NOW
+    ).task
+    engine_store.upsert_task(draft("a3", patient="Patient/p2"), NOW)
+
+    reads = engine_store.patient_reads(SOURCE, "p1", "patient-link", [mrn])
+    if isinstance(engine_store, SqliteStore):
+        assert reads is None
+        return
+    assert reads is not None
+    assert reads.patient == engine_store.get_resource(SOURCE, "Patient", "p1")
+    assert reads.facts == engine_store.list_facts("patient-link") == {"a|b": {"same_person": True}}
+    assert reads.identifiers == {(mrn, "M1"): [(SOURCE, "p1"), ("other-ehr", "o9")]}
+    assert reads.identifiers[(mrn, "M1")] == engine_store.patients_with_identifier(mrn, "M1")
+    assert reads.resources == engine_store.resources_for_patient(SOURCE, "Patient/p1")
+    assert [r.id for r in reads.resources] == ["c1", "p1"]
+    assert reads.tasks == list(engine_store.iter_tasks(patient="Patient/p1"))
+    assert {t.id for t in reads.tasks} == {mine.id, elsewhere.id}
+    assert engine_store.patient_reads(SOURCE, "nobody", "patient-link", [mrn]) is None
+    assert engine_store.patient_reads(SOURCE, "p1", "patient-link", []).identifiers == {}

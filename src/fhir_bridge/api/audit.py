@@ -43,6 +43,7 @@ class AuditIntent:
     source: str | None = None
     # (source, Patient/<id>) pairs when a change concerns several patients' records (links)
     patients: list[tuple[str, str]] = field(default_factory=list)
+    written: bool = False  # set by `write`: the middleware then leaves it alone
 
 
 def outcome(status: int) -> str:
@@ -85,6 +86,17 @@ def records(intent: AuditIntent, status: int, now: datetime, bridge: Bridge) -> 
     return out
 
 
+def write(intent: AuditIntent, status: int, bridge: Bridge) -> None:
+    """Write the intent's records now, once: a route already in a worker thread calls this
+    just before it answers (the patient history does), which spares the middleware's own
+    thread hop; the middleware writes every intent not written yet."""
+    if intent.written:
+        return
+    for record in records(intent, status, bridge.clock(), bridge):
+        bridge.store.add_audit(record)
+    intent.written = True
+
+
 class AuditMiddleware:
     """Writes the records of an `AuditIntent` a route left in the request state."""
 
@@ -101,15 +113,11 @@ class AuditMiddleware:
         async def send_audited(message: Message) -> None:
             if message["type"] == "http.response.start":
                 intent = scope.get("state", {}).get(AUDIT_STATE)
-                if isinstance(intent, AuditIntent):
-                    await asyncio.to_thread(self._write, intent, message["status"])
+                if isinstance(intent, AuditIntent) and not intent.written:
+                    await asyncio.to_thread(write, intent, message["status"], self.bridge)
             await send(message)
 
         await self.app(scope, receive, send_audited)
-
-    def _write(self, intent: AuditIntent, status: int) -> None:
-        for record in records(intent, status, self.bridge.clock(), self.bridge):
-            self.bridge.store.add_audit(record)
 
 
 def audit_event(record: AuditRecord) -> dict[str, Any]:

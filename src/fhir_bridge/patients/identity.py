@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from fhir_bridge.store.base import Store
+from fhir_bridge.store.base import PatientReads, Store
 
 
 @dataclass(frozen=True, order=True)
@@ -143,7 +143,12 @@ def trusted_identifiers(patient: dict[str, Any], trusted: Collection[str]) -> se
     return found
 
 
-def linked_records(store: Store, anchor: PatientRecord, trusted: Collection[str]) -> list[Link]:
+def linked_records(
+    store: Store,
+    anchor: PatientRecord,
+    trusted: Collection[str],
+    reads: PatientReads | None = None,
+) -> list[Link]:
     """The anchor and every record linked to it (directly or through another linked record),
     anchor first, then in the order they were found; empty when the anchor is not stored.
 
@@ -153,13 +158,16 @@ def linked_records(store: Store, anchor: PatientRecord, trusted: Collection[str]
 
     Costs one read of each linked record, one of the admins' decisions (`Store.list_facts`
     of their kind), and one identifier lookup (`Store.patients_with_identifier`, indexed) per
-    trusted identifier of each linked record, whatever the number of stored patients.
+    trusted identifier of each linked record, whatever the number of stored patients; the
+    anchor's `reads` (`Store.patient_reads` with `LINK_FACT`), when given, answer the first
+    three.
     """
-    first = store.get_resource(anchor.source, "Patient", anchor.id)
+    first = reads.patient if reads else store.get_resource(anchor.source, "Patient", anchor.id)
     if first is None:
         return []
     links = [Link(anchor, "the record asked for")]
-    manual = decisions(store)
+    facts = reads.facts if reads else store.list_facts(LINK_FACT)
+    manual = [Decision.from_json(v) for v in facts.values()]
     if not trusted and not manual:
         return links
     separated = {d.key for d in manual if not d.same_person}
@@ -186,7 +194,9 @@ def linked_records(store: Store, anchor: PatientRecord, trusted: Collection[str]
                 reason = f"{d.explain()} as the same person as {current.source}/{current.reference}"
                 links.append(Link(other, reason, via=current))
         for key in sorted(trusted_identifiers(bodies[current], trusted)):
-            for other in (PatientRecord(*r) for r in store.patients_with_identifier(*key)):
+            known = reads.identifiers.get(key) if reads and current == anchor else None
+            found = known if known is not None else store.patients_with_identifier(*key)
+            for other in (PatientRecord(*r) for r in found):
                 if other in seen or pair_key(current, other) in separated:
                     continue
                 body = stored(other)

@@ -46,6 +46,21 @@ class StoredResource:
 
 
 @dataclass(frozen=True)
+class PatientReads:
+    """The first reads of a patient's history, made together (`Store.patient_reads`).
+
+    `identifiers` holds `patients_with_identifier` answers for the trusted identifiers the
+    engine found on the Patient; a caller asks the store for any other it needs.
+    """
+
+    patient: StoredResource
+    facts: dict[str, dict[str, Any]]  # `list_facts` of the kind asked for
+    identifiers: dict[tuple[str, str], list[tuple[str, str]]]
+    resources: list[StoredResource]  # `resources_for_patient` of the Patient
+    tasks: list[Task]  # every task about `Patient/<id>`, of any source, in listing order
+
+
+@dataclass(frozen=True)
 class QuarantineEntry:
     """A resource that failed validation, with its OperationOutcome-shaped reasons."""
 
@@ -621,6 +636,15 @@ class Store(abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} cannot fence cursor writes")
 
     # -- patient identity ----------------------------------------------------------------------
+    def patient_reads(
+        self, source: str, patient_id: str, fact_kind: str, trusted: Sequence[str]
+    ) -> PatientReads | None:
+        """The Patient record, the facts of `fact_kind`, the records sharing its identifiers
+        of the `trusted` systems, its resources and its tasks, in one read; None when the
+        engine has no cheaper way than the single reads (the default: SQLite reads are local
+        calls), or when the Patient is not stored. Redis answers with one script."""
+        return None
+
     def patients_with_identifier(self, system: str, value: str) -> list[tuple[str, str]]:
         """(source, id) of every stored Patient carrying identifier `system|value`, sorted.
 

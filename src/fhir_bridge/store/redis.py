@@ -54,6 +54,7 @@ from fhir_bridge.store.base import (
     AuditRecord,
     Lease,
     OutboxClaim,
+    PatientReads,
     QuarantineEntry,
     Store,
     StoredResource,
@@ -219,22 +220,63 @@ def _task_fields(task: Task) -> dict[str, str]:
     )
 
 
+# Lua the scripts below share (each script is this text followed by its own).
+# part: one key segment escaped as `keys._part` does; hash_json: a hash as one JSON object
+# ('' when there is no such hash); task_json: the task an index member ("...:<id>") names;
+# patient_resources: the hashes of a patient's resources in an index range (by type/id).
+_LUA = """
+local function part(s) return (string.gsub(string.gsub(s, '%%', '%%25'), ':', '%%3A')) end
+local function hash_json(key)
+  local flat = redis.call('HGETALL', key)
+  if #flat == 0 then return '' end
+  local h = {}
+  for j = 1, #flat, 2 do h[flat[j]] = flat[j + 1] end
+  return cjson.encode(h)
+end
+local function task_json(prefix, member)
+  return hash_json(prefix .. part(string.match(member, '[^:]*$')))
+end
+local function patient_resources(index, low, high, prefix)
+  local out = {}
+  for i, m in ipairs(redis.call('ZRANGEBYLEX', index, low, high)) do
+    local slash = string.find(m, '/', 1, true)
+    local rtype, rid = string.sub(m, 1, slash - 1), string.sub(m, slash + 1)
+    out[i] = redis.call('HGETALL', prefix .. ':' .. part(rtype) .. ':' .. part(rid))
+  end
+  return out
+end
+"""
 # Each hash of KEYS as one JSON object (an empty string for a missing one). A page of 50 tasks
 # read with HGETALL is ~2,100 reply items for redis-py's pure-Python parser to decode (most
 # of the page's cost, more than Redis's own work); this is 50 strings for `json.loads`.
-_HASHES_AS_JSON = """
+_HASHES_AS_JSON = _LUA + """
 local out = {}
-for i, key in ipairs(KEYS) do
-  local flat = redis.call('HGETALL', key)
-  if #flat == 0 then
-    out[i] = ''
-  else
-    local h = {}
-    for j = 1, #flat, 2 do h[flat[j]] = flat[j + 1] end
-    out[i] = cjson.encode(h)
+for i, key in ipairs(KEYS) do out[i] = hash_json(key) end
+return out
+"""
+
+
+# KEYS: the audit sequence, the records hash, then every index the record goes in; ARGV: the
+# record as JSON. Its new id.
+_ADD_AUDIT = """
+local id = redis.call('INCR', KEYS[1])
+redis.call('HSET', KEYS[2], id, ARGV[1])
+for i = 3, #KEYS do redis.call('ZADD', KEYS[i], id, id) end
+return id
+"""
+
+# KEYS: a task index; ARGV: start, stop (ZRANGE's), the task key prefix, "1" to read tasks
+# ("0": the size only). The index's size and the tasks of that range, each hash as JSON (as
+# `_HASHES_AS_JSON`); index members end in ":<task id>".
+_INDEX_PAGE = _LUA + """
+local total = redis.call('ZCARD', KEYS[1])
+local out = {}
+if ARGV[4] == '1' then
+  for i, m in ipairs(redis.call('ZRANGE', KEYS[1], ARGV[1], ARGV[2])) do
+    out[i] = task_json(ARGV[3], m)
   end
 end
-return out
+return {total, out}
 """
 
 
@@ -590,6 +632,39 @@ class RedisStore(Store):
         return [_resource(h) for h in hashes if h]
 
     @_translate
+    def patient_reads(
+        self, source: str, patient_id: str, fact_kind: str, trusted: Sequence[str]
+    ) -> PatientReads | None:
+        k = self.keys
+        patient = f"Patient/{patient_id}"
+        keys = [
+            k.resource(source, "Patient", patient_id),
+            k.facts(fact_kind),
+            k.resource_patient(source, patient),
+            k.tasks_patient(patient),
+        ]
+        prefixes = [k.resource(source, "", "")[:-2], k.task(""), k.patient_identifier("")]
+        reply = self._redis.eval(_PATIENT_READS, len(keys), *keys, *prefixes, *trusted)
+        if not reply:
+            return None
+        first, facts, idents, resources, tasks = cast(list[Any], reply)
+        flat = [dict(zip(f[::2], f[1::2], strict=True)) for f in [first, *resources]]
+        found = [_resource(h) for h in flat if h]
+        pairs = dict(zip(facts[::2], facts[1::2], strict=True))
+        return PatientReads(
+            patient=found[0],
+            facts={key: json.loads(v) for key, v in sorted(pairs.items())},
+            identifiers={
+                cast(tuple[str, str], tuple(key.split("|", 1))): sorted(
+                    cast(tuple[str, str], tuple(m.split("/", 1))) for m in members
+                )
+                for key, members in zip(idents[::2], idents[1::2], strict=True)
+            },
+            resources=found[1:],
+            tasks=[_task(h) for h in _hashes(tasks) if h],
+        )
+
+    @_translate
     def _resource_page(
         self, source: str, resource_type: str, after: str | None
     ) -> tuple[list[StoredResource], str | None]:
@@ -661,14 +736,13 @@ class RedisStore(Store):
     @_translate
     def add_audit(self, record: AuditRecord) -> int:
         k = self.keys
-        record_id = int(self._redis.incr(k.audit_seq))
-        with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(k.audit, str(record_id), json.dumps(record.to_json()))
-            pipe.zadd(k.audit_index(), {str(record_id): record_id})
-            for field, value in _audit_indexed(record.agent, record.patient, record.task_id):
-                pipe.zadd(k.audit_index(field, value), {str(record_id): record_id})
-            pipe.execute()
-        return record_id
+        indexes = [
+            k.audit_index(f, v)
+            for f, v in _audit_indexed(record.agent, record.patient, record.task_id)
+        ]
+        keys = [k.audit_seq, k.audit, k.audit_index(), *indexes]
+        # One script: every history read writes one, before the history is sent.
+        return int(self._redis.eval(_ADD_AUDIT, len(keys), *keys, json.dumps(record.to_json())))
 
     @_translate
     def list_audit(
@@ -1009,6 +1083,17 @@ class RedisStore(Store):
         def window(members: list[str]) -> tuple[list[str], bool]:
             later = [m for m in members if start is None or m > start]
             return later[offset : offset + limit], offset + limit < len(later)
+
+        if start is None and not unindexed and len(bases) == 1 and not narrow:
+            # The common listings (a queue and status, a patient's tasks): one index, read
+            # with its task hashes by one script (one round trip, atomic) instead of WATCH,
+            # a MULTI and an EXEC.
+            prefix = k.task("")  # "T:task:"
+            stop, read = _stop(offset, limit), "1" if limit else "0"
+            reply = self._redis.eval(_INDEX_PAGE, 1, bases[0], offset, stop, prefix, read)
+            total, found = cast(tuple[int, list[str]], reply)
+            tasks = [_task(h) for h in _hashes(found) if h]
+            return TaskPage(tasks, int(total), offset + len(found) < int(total))
 
         def body(pipe: Pipeline) -> Finish[TaskPage]:
             if start is None and not unindexed:
@@ -1766,15 +1851,41 @@ return failed
 # KEYS: a `res-patient` index; ARGV: lex range low, high, the resource key prefix up to the
 # source (`T:res:<source>`). The fields of each listed resource ("<type>/<id>") in index order
 # (an empty list for one gone meanwhile); the resource keys share the index's hash tag.
-_PATIENT_RESOURCES = """
-local function part(s) return (string.gsub(string.gsub(s, '%%', '%%25'), ':', '%%3A')) end
-local out = {}
-for i, m in ipairs(redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], ARGV[2])) do
-  local slash = string.find(m, '/', 1, true)
-  local rtype, rid = string.sub(m, 1, slash - 1), string.sub(m, slash + 1)
-  out[i] = redis.call('HGETALL', ARGV[3] .. ':' .. part(rtype) .. ':' .. part(rid))
+_PATIENT_RESOURCES = _LUA + """
+return patient_resources(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+"""
+
+# KEYS: a Patient's hash, a facts hash, the Patient's resource index, its task index; ARGV:
+# the resource key prefix of its source, the task key prefix, the identifier key prefix, then
+# the trusted identifier systems. Nothing when the Patient is not stored; else its hash, the
+# facts, [system|value, records]... for its identifiers of trusted systems (read from the
+# body: a read-ahead, the caller asks the store for any other), its resources' hashes (as
+# _PATIENT_RESOURCES) and its tasks as JSON (as _INDEX_PAGE).
+_PATIENT_READS = _LUA + """
+local patient = redis.call('HGETALL', KEYS[1])
+if #patient == 0 then return {} end
+local idents = {}
+if #ARGV > 3 then
+  local trusted = {}
+  for i = 4, #ARGV do trusted[ARGV[i]] = true end
+  local body
+  for j = 1, #patient, 2 do if patient[j] == 'body' then body = patient[j + 1] end end
+  local ok, doc = pcall(cjson.decode, body or '')
+  if ok and type(doc) == 'table' and type(doc.identifier) == 'table' then
+    for _, ident in ipairs(doc.identifier) do
+      if type(ident) == 'table' and type(ident.system) == 'string'
+          and type(ident.value) == 'string' and ident.value ~= '' and trusted[ident.system] then
+        local key = ident.system .. '|' .. ident.value
+        idents[#idents + 1] = key
+        idents[#idents + 1] = redis.call('SMEMBERS', ARGV[3] .. part(key))
+      end
+    end
+  end
 end
-return out
+local resources = patient_resources(KEYS[3], '-', '+', ARGV[1])
+local tasks = {}
+for i, m in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do tasks[i] = task_json(ARGV[2], m) end
+return {patient, redis.call('HGETALL', KEYS[2]), idents, resources, tasks}
 """
 
 # KEYS: stream; ARGV: group, consumer, message ids. Resets the idle time of the messages still

@@ -10,6 +10,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, TypeAdapter
 
+from fhir_bridge.api import audit
 from fhir_bridge.api.deps import BridgeDep
 from fhir_bridge.api.schemas import ErrorBody
 from fhir_bridge.patients.history import PatientHistory, patient_history
@@ -62,6 +63,7 @@ def find_patients(
 @router.get("/{source}/{patient_id}/history", response_model=PatientHistory, responses=_ERRORS)
 def read_history(
     bridge: BridgeDep,
+    request: Request,
     source: str,
     patient_id: str,
     raw: Annotated[bool, Query(description="include each resource's FHIR JSON")] = False,
@@ -80,7 +82,13 @@ def read_history(
         raise HTTPException(404, f"no Patient {patient_id} stored from source {source!r}")
     # Serialized here in one pydantic-core call: FastAPI's own path for a dataclass (asdict,
     # validate, encode) cost ~10 ms per history of a typical patient, more than building it.
-    return Response(_HISTORY.dump_json(history), media_type="application/json")
+    body = _HISTORY.dump_json(history)
+    # The read is recorded here, in this worker thread, before the history leaves: the audit
+    # middleware would need a thread hop of its own for it.
+    intent = getattr(request.state, audit.AUDIT_STATE, None)
+    if intent is not None:
+        audit.write(intent, 200, bridge)
+    return Response(body, media_type="application/json")
 
 
 # -- admins' decisions: these records are (not) one person -----------------------------------

@@ -228,6 +228,27 @@ def test_crashed_worker_falls_back_in_process_and_a_fresh_pool_follows(store, ru
         own.close()
 
 
+def test_hung_worker_is_killed_and_the_page_checked_in_process(store, rules, profile_set):
+    """A worker that stops answering (here: SIGSTOP) holds a page no longer than the page
+    timeout: it is killed, the page is checked in-process with a warning, nothing is lost."""
+    own = ParsePool(profile_set, 1, min_resources=0, min_page=1, page_timeout=2)
+    try:
+        [pid] = own.wait_ready(60)
+        ingestor = _ingestor(store, rules, profile_set, own)
+        os.kill(pid, signal.SIGSTOP)
+        patients = copy.deepcopy(_samples()["Patient"])
+        with capture_logs() as logs:
+            result = ingestor.ingest(SOURCE, patients, "Patient")
+        assert result.received == len(patients) and result.stored == len(patients)
+        failed = [e for e in logs if e["event"] == "parse_pool_failed"]
+        assert failed and failed[0]["error"] == "TimeoutError"
+        assert failed[0]["fallback"] == "in-process"
+        assert _wait_gone([pid]) == []  # killed, not left stopped
+        assert own.pages_checked == 0
+    finally:
+        own.close()
+
+
 def test_broken_results_fall_back(profile_set):
     """A page whose futures break mid-way answers None (check in-process) and logs why."""
     own = ParsePool(profile_set, 1, min_resources=0)

@@ -10,7 +10,8 @@ so the outcome is that of `findings` and `content_hash` run in-process, in the s
 Workers start lazily (the first page of a job big enough to pay for them), from a forkserver
 (never a plain fork of a process with threads and an event loop), ignore Ctrl-C (the main
 process shuts them down) and exit with it. A page whose chunks a worker could not check (it
-crashed, the pool broke) is checked in-process with a warning; the next big page starts a
+crashed, the pool broke, or it hung: no answer within `page_timeout` seconds, after which
+its workers are killed) is checked in-process with a warning; the next big page starts a
 fresh pool, up to `MAX_RESTARTS` times.
 """
 
@@ -23,9 +24,11 @@ import pickle
 import signal
 import sys
 import threading
+import time
 import types
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import orjson
@@ -47,6 +50,10 @@ MAX_RESTARTS = 3  # fresh pools after a broken one, then in-process for the proc
 MIN_PAGE = 50  # a smaller page is checked in-process even when the pool runs
 MIN_CHUNK = 25  # resources per task sent to a worker, at least (fewer: IPC outweighs the gain)
 MAX_AUTO_WORKERS = 8
+# Seconds a page's checks may take in the workers before they count as hung (a page of 1,000
+# resources takes about half a second; a worker stuck in a pathological resource, or stopped,
+# would otherwise hold the sync that waits for it forever).
+PAGE_TIMEOUT = 120.0
 _WARM_TYPES = ("Patient", "Appointment", "CarePlan", "MedicationStatement", "Coverage")
 
 
@@ -160,14 +167,23 @@ class PendingCheck:
         self._futures = futures
         self.size = size
         self._executor = executor  # the one that ran it: only its failure drops the pool
+        self._deadline = time.monotonic() + pool.page_timeout
 
     def results(self) -> list[Checked] | None:
-        """One `Checked` per resource, in page order; None when the pool failed (the caller
-        checks the page in-process)."""
+        """One `Checked` per resource, in page order; None when the pool failed or hung (the
+        caller checks the page in-process)."""
         out: list[Checked] = []
         try:
             for future in self._futures:
-                out.extend(future.result())
+                out.extend(future.result(max(0.0, self._deadline - time.monotonic())))
+        except FutureTimeout:
+            self._pool.failed(
+                TimeoutError(f"no answer in {self._pool.page_timeout:g} s"),
+                self.size,
+                self._executor,
+                hung=True,
+            )
+            return None
         except Exception as exc:  # a crashed worker (BrokenProcessPool), anything else
             self._pool.failed(exc, self.size, self._executor)
             return None
@@ -183,6 +199,8 @@ class ParsePool:
     :param min_resources: the pool starts for a page when it, or the job it belongs to (a
         search's Bundle.total, a file ingest's estimate), has at least this many resources.
     :param min_page: once started, the pool takes every page of at least this many.
+    :param page_timeout: seconds a page's checks may take before the workers count as hung
+        (they are killed, the page is checked in-process).
     """
 
     def __init__(
@@ -192,8 +210,10 @@ class ParsePool:
         *,
         min_resources: int = 2000,
         min_page: int = MIN_PAGE,
+        page_timeout: float = PAGE_TIMEOUT,
     ) -> None:
         self.workers = max(0, workers)
+        self.page_timeout = page_timeout
         self.min_resources = min_resources
         self.min_page = min_page
         self._profile_blob = pickle.dumps(profile_set) if profile_set is not None else None
@@ -293,10 +313,21 @@ class ParsePool:
         return PendingCheck(self, futures, len(resources), executor)
 
     def failed(
-        self, exc: BaseException, size: int, executor: ProcessPoolExecutor | None = None
+        self,
+        exc: BaseException,
+        size: int,
+        executor: ProcessPoolExecutor | None = None,
+        *,
+        hung: bool = False,
     ) -> None:
         """A page's checks failed in `executor`: log it and drop that pool, unless a fresh one
-        replaced it already (the next big page starts a fresh one)."""
+        replaced it already (the next big page starts a fresh one). `hung`: its workers are
+        killed first (a shutdown would wait for them, or leave them running)."""
+        if hung and executor is not None:
+            processes = getattr(executor, "_processes", None) or {}
+            for process in list(processes.values()):
+                with contextlib.suppress(OSError, ValueError):
+                    process.kill()
         with self._lock:
             self._broken(exc, size, executor)
 

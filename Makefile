@@ -45,7 +45,7 @@ mypy: install
 bench: install  ## every benchmark: one table of figures and ratios (JSON in bench/results), asserts nothing
 	$(BIN)/python bench/run.py --compare last
 
-bench-api: install  ## API p50/p99 with 100k tasks under 50 clients, SQLite and Redis (needs wrk; ~15 min)
+bench-api: install  ## API p50/p99 with 100k tasks under 50 clients, SQLite and Redis (needs wrk; ~25 min)
 	@command -v wrk >/dev/null || { echo "bench-api needs wrk: apt-get install wrk"; exit 1; }
 	$(BIN)/python bench/api_load.py
 

@@ -2,7 +2,7 @@
 store, 50 concurrent clients, on each engine, with one or more API processes.
 
     .venv/bin/python bench/api_load.py [--engines sqlite redis] [--copies 493] [--clients 50]
-        [--workers 1 2] [--sqlite-file PATH] [--redis-prefix PREFIX] [--profile 200]
+        [--workers 1 2] [--rounds 3] [--sqlite-file PATH] [--redis-prefix PREFIX] [--profile 200]
 
 The store: the packaged sample population ingested once for real (parse, profiles, rules), then
 copied `--copies` times with rewritten ids and references (bench/bulk.py's scheme) straight
@@ -21,7 +21,8 @@ per endpoint. The CPU figure is what a request costs, and moves little with the 
 `--seconds 0` stops there.
 
 Then the server: `fhir-bridge serve [--workers N]` in a child process, for each `--workers`
-value (auth off, no sync). wrk drives two load shapes per endpoint, each for `--seconds`:
+value (auth off, no sync). wrk drives two load shapes per endpoint, each for `--seconds`
+(paced `--rounds` times: the round with the median p99 is reported, every round is kept):
 - closed: every client sends its next request as soon as the previous one answered. Latency
   then includes queueing behind the other 49: p99 ~ 50 / throughput. This is saturation.
 - paced: every client waits a random 0-1 s between requests (50 coordinators clicking, about
@@ -312,6 +313,21 @@ def load(url: str, paths: list[str], clients: int, seconds: float, paced: bool) 
     }
 
 
+def _median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round with the median p99, with every round's figures kept under `rounds`.
+
+    On a shared VM a burst of noise from elsewhere can land in one 20-second window and move
+    its p99 several-fold; the median of a few rounds is the service's figure, and the worst
+    round stays in the results next to it.
+    """
+    ordered = sorted(rounds, key=lambda r: r["p99_ms"])
+    median = dict(ordered[len(ordered) // 2])
+    if len(rounds) > 1:
+        median["rounds"] = rounds
+        median["worst_p99_ms"] = ordered[-1]["p99_ms"]
+    return median
+
+
 def run_engine(
     name: str, storage: StorageConfig, store: Store, args: argparse.Namespace, folder: Path
 ) -> dict[str, Any]:
@@ -352,12 +368,18 @@ def run_engine(
         try:
             for endpoint, paths in endpoints.items():
                 for shape in ("paced", "closed"):
-                    figures = load(url, paths, args.clients, args.seconds, paced=shape == "paced")
+                    rounds = [
+                        load(url, paths, args.clients, args.seconds, paced=shape == "paced")
+                        for _ in range(args.rounds if shape == "paced" else 1)
+                    ]
+                    figures = _median_round(rounds)
                     result[f"{endpoint}_{shape}_w{workers}"] = figures
+                    each = ", ".join(f"{r['p99_ms']:.1f}" for r in rounds)
+                    spread = f"  (rounds' p99 {each})" if len(rounds) > 1 else ""
                     print(
                         f"  {name:<7} w{workers} {endpoint:<16} {shape:<6} "
                         f"p50 {figures['p50_ms']:7.1f} ms  p99 {figures['p99_ms']:7.1f} ms  "
-                        f"{figures['rps']:6.0f} req/s  errors {figures['errors']}",
+                        f"{figures['rps']:6.0f} req/s  errors {figures['errors']}{spread}",
                         file=sys.stderr,
                         flush=True,
                     )
@@ -386,6 +408,9 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=493, help="sample copies (203 tasks each)")
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="paced runs per figure (the median p99 is shown)"
+    )
     parser.add_argument(
         "--workers", type=int, nargs="+", default=[1], help="API processes, one run per value"
     )

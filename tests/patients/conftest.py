@@ -11,8 +11,10 @@ import pytest
 
 from fhir_bridge.store import SqliteStore
 from fhir_bridge.store.base import Store
+from fhir_bridge.store.redis import RedisStore
 from fhir_bridge.sync.ingest import content_hash
 from fhir_bridge.tasks.model import Task, TaskChange, TaskEvent, TaskStatus
+from tests.store.conftest import REDIS_URL, redis_client, redis_prefix  # noqa: F401
 from tests.utils import NOW, make_draft
 
 MRN = "http://hospital.example.org/mrn"
@@ -104,3 +106,21 @@ def fill_jane(s: Store) -> None:
     s.update_task(task.id, complete)
     s.upsert_task(make_draft(source="clinic", focus_id="a-c", patient="Patient/c7"), NOW)
     s.upsert_task(make_draft(source="lab", focus_id="a-z", patient="Patient/z9"), NOW)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.integration)])
+def empty_store(request, tmp_path) -> Iterator[Store]:
+    """An empty store of each engine (Redis under a fresh prefix, deleted afterwards)."""
+    if request.param == "sqlite":
+        store: Store = SqliteStore(tmp_path / "bridge.db")
+    else:
+        store = RedisStore(REDIS_URL, key_prefix=request.getfixturevalue("redis_prefix"))
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def jane_on(empty_store: Store) -> Store:
+    """Jane Roe's records (the `store` fixture's) on each engine."""
+    fill_jane(empty_store)
+    return empty_store

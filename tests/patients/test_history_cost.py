@@ -4,7 +4,6 @@ linked records, never on how many other patients, resources or tasks the store h
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -60,17 +59,6 @@ def calls_for(store: Store) -> Counter[str]:
     view = patient_history(counting, PatientRecord("ehr", "p1"), TRUSTED, NOW)  # type: ignore[arg-type]
     assert view is not None and len(view.links) == 3
     return counting.calls
-
-
-@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.integration)])
-def empty_store(request, tmp_path) -> Iterator[Store]:
-    """An empty store of each engine (Redis under a fresh prefix, deleted afterwards)."""
-    if request.param == "sqlite":
-        store: Store = SqliteStore(tmp_path / "bridge.db")
-    else:
-        store = RedisStore(REDIS_URL, key_prefix=request.getfixturevalue("redis_prefix"))
-    yield store
-    store.close()
 
 
 def test_history_calls_do_not_grow_with_the_store(jane_store):  # noqa: F811

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+from unittest.mock import patch
+
+import pytest
+
 from fhir_bridge.patients.search import PatientQuery, search_patients
-from tests.patients.conftest import MRN
+from fhir_bridge.store import SqliteStore
+from fhir_bridge.store.base import Store
+from fhir_bridge.store.redis import RedisStore
+from tests.patients.conftest import MRN, fill_jane, patient, put
+from tests.store.conftest import REDIS_URL, redis_client, redis_prefix  # noqa: F401
 
 
 def found(store, **query) -> list[tuple[str, str]]:
@@ -36,3 +44,66 @@ def test_parts_combine(store):
     """Every given part must match."""
     assert found(store, name="roe", identifier="C-7") == [("clinic", "c7"), ("lab", "q3")]
     assert not PatientQuery()
+
+
+QUERIES = [
+    {"name": "jan ROE"},
+    {"name": "zéd"},
+    {"name": "r"},
+    {"name": "ane"},
+    {"birthdate": "1970"},
+    {"birthdate": "1970-01-01"},
+    {"birthdate": "1971"},
+    {"identifier": "999"},
+    {"identifier": "C-7", "name": "roe"},
+    {"identifier": f"{MRN}|123", "birthdate": "1970-01"},
+]
+
+
+def test_indexed_search_answers_what_reading_every_patient_answers(jane_on):
+    """Each engine's term index (`Store.patients_with_term`) gives the records a scan of every
+    Patient gives (`Store`'s default), also after a Patient changes and one is deleted."""
+
+    def scan(term: str, prefix: bool) -> set[tuple[str, str]]:
+        return Store.patients_with_term(jane_on, term, prefix)
+
+    def same() -> None:
+        for query in QUERIES:
+            indexed = found(jane_on, **query)
+            with patch.object(jane_on, "patients_with_term", scan):
+                assert indexed == found(jane_on, **query), query
+
+    same()
+    assert found(jane_on, name="jan ROE") == [("clinic", "c7"), ("ehr", "p1"), ("lab", "q3")]
+    renamed = patient("p1", (MRN, "123"), name=[{"family": "Doe", "given": ["Janet"]}])
+    put(jane_on, "ehr", renamed | {"birthDate": "1971-02-03"})
+    jane_on.delete_resource("lab", "Patient", "q3")
+    same()
+    assert found(jane_on, name="roe") == [("clinic", "c7")]
+    assert found(jane_on, name="janet doe") == [("ehr", "p1")]
+    assert found(jane_on, birthdate="1971") == [("ehr", "p1")]
+    assert jane_on.patients_with_term("n:roe", prefix=False) == {("clinic", "c7")}
+    assert jane_on.patients_with_term("n:ro", prefix=False) == set()
+
+
+@pytest.mark.integration
+def test_term_index_is_built_for_patients_stored_before_it(tmp_path, redis_client, redis_prefix):  # noqa: F811
+    """A store written before the index existed gets it when opened (both engines)."""
+    sqlite = SqliteStore(tmp_path / "old.db")
+    fill_jane(sqlite)
+    with sqlite.batch():
+        sqlite._db.execute("DELETE FROM patient_terms")
+        sqlite._db.execute("DELETE FROM meta WHERE key = 'patient_terms'")
+    sqlite.close()
+    reopened = SqliteStore(tmp_path / "old.db")
+    assert found(reopened, name="roe") == [("clinic", "c7"), ("ehr", "p1"), ("lab", "q3")]
+    reopened.close()
+
+    redis_store = RedisStore(REDIS_URL, key_prefix=redis_prefix)
+    fill_jane(redis_store)
+    redis_client.delete(redis_store.keys.patient_terms)
+    redis_client.hdel(redis_store.keys.meta, "patient_terms_index")
+    redis_store.close()
+    again = RedisStore(REDIS_URL, key_prefix=redis_prefix)
+    assert found(again, name="roe") == [("clinic", "c7"), ("ehr", "p1"), ("lab", "q3")]
+    again.close()

@@ -1202,3 +1202,13 @@ def test_patient_reads_answer_what_the_single_reads_answer(engine_store):
     assert {t.id for t in reads.tasks} == {mine.id, elsewhere.id}
     assert engine_store.patient_reads(SOURCE, "nobody", "patient-link", [mrn]) is None
     assert engine_store.patient_reads(SOURCE, "p1", "patient-link", []).identifiers == {}
+
+
+def test_get_resources_reads_several_in_order(engine_store):
+    """`get_resources` answers as `get_resource` for each key, in order, None when absent."""
+    engine_store.put_resource(SOURCE, resource("Patient", "p1"), "p")
+    engine_store.put_resource(SOURCE, resource("CarePlan", "c1"), "c1")
+    keys = [(SOURCE, "CarePlan", "c1"), (SOURCE, "Patient", "nobody"), (SOURCE, "Patient", "p1")]
+    assert engine_store.get_resources(keys) == [engine_store.get_resource(*k) for k in keys]
+    assert [r.id if r else None for r in engine_store.get_resources(keys)] == ["c1", None, "p1"]
+    assert engine_store.get_resources([]) == []

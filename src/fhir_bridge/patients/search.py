@@ -7,12 +7,11 @@ of the name (given, family or text); a birth date matches exactly or by prefix (
 
 from __future__ import annotations
 
-import unicodedata
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from fhir_bridge.patients.history import demographics
+from fhir_bridge.patients.terms import BIRTH, IDENTIFIER, NAME, fold, name_words
 from fhir_bridge.store.base import Store, StoredResource
 
 
@@ -40,23 +39,6 @@ class PatientMatch:
     history_url: str
 
 
-def _fold(text: str) -> str:
-    decomposed = unicodedata.normalize("NFKD", text)
-    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
-
-
-def _name_words(patient: dict[str, Any]) -> set[str]:
-    words: set[str] = set()
-    for n in patient.get("name") or []:
-        if not isinstance(n, dict):
-            continue
-        parts = [n.get("text"), n.get("family"), *(n.get("given") or [])]
-        for part in parts:
-            if isinstance(part, str):
-                words.update(_fold(part).split())
-    return words
-
-
 def _has_identifier(patient: dict[str, Any], wanted: str) -> bool:
     system, _, value = wanted.rpartition("|")
     for ident in patient.get("identifier") or []:
@@ -70,8 +52,8 @@ def _has_identifier(patient: dict[str, Any], wanted: str) -> bool:
 def matches(patient: dict[str, Any], query: PatientQuery) -> bool:
     """True when the Patient resource satisfies every part of `query`."""
     if query.name is not None:
-        words = _name_words(patient)
-        wanted = _fold(query.name).split()
+        words = name_words(patient)
+        wanted = fold(query.name).split()
         if not wanted or not all(any(w.startswith(q) for w in words) for q in wanted):
             return False
     if query.birthdate is not None:
@@ -95,20 +77,25 @@ def _match(stored: StoredResource) -> PatientMatch:
 def search_patients(store: Store, query: PatientQuery, limit: int = 50) -> list[PatientMatch]:
     """Stored Patients matching `query` (all sources), by name then source and id.
 
-    With a `system|value` identifier the candidates come from the store's identifier index;
-    otherwise every stored Patient is read (fine for thousands; a name index is next).
+    Candidates come from the store's indexes, one read per part of the query (the identifier
+    index for `system|value`, the search terms of `patients.terms` for the rest: each name
+    word as a prefix, the birth date as a prefix, a bare identifier value exactly), their
+    intersection is read, and each record is checked against the whole query.
     """
-    candidates: Iterable[StoredResource]
     system, _, value = (query.identifier or "").rpartition("|")
+    parts: list[set[tuple[str, str]]] = []
     if system and value:
-        records = store.patients_with_identifier(system, value)
-        candidates = (
-            stored
-            for source, pid in records
-            if (stored := store.get_resource(source, "Patient", pid)) is not None
-        )
-    else:
-        candidates = store.iter_resources("Patient")
-    found = [_match(p) for p in candidates if matches(p.body, query)]
+        parts.append(set(store.patients_with_identifier(system, value)))
+    elif query.identifier is not None:
+        parts.append(store.patients_with_term(IDENTIFIER + value, prefix=False))
+    if query.birthdate is not None:
+        parts.append(store.patients_with_term(BIRTH + query.birthdate, prefix=True))
+    for word in sorted(set(fold(query.name or "").split()), key=len, reverse=True):
+        parts.append(store.patients_with_term(NAME + word, prefix=True))
+        if not parts[-1]:
+            break
+    records = sorted(set.intersection(*parts) if parts else set())
+    candidates = store.get_resources([(source, "Patient", pid) for source, pid in records])
+    found = [_match(p) for p in candidates if p is not None and matches(p.body, query)]
     found.sort(key=lambda m: (m.name or "", m.source, m.id))
     return found[:limit]

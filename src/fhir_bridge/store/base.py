@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from fhir_bridge.patients.terms import patient_terms
 from fhir_bridge.tasks.model import (
     OutboxEntry,
     OutboxStatus,
@@ -314,6 +315,11 @@ class Store(abc.ABC):
             if stored is not None:
                 found[rid] = stored.content_hash
         return found
+
+    def get_resources(self, keys: Sequence[tuple[str, str, str]]) -> list[StoredResource | None]:
+        """Several resources by (source, type, id), in order (None: not stored); engines may
+        read them in one go (Redis: one pipelined round trip)."""
+        return [self.get_resource(*key) for key in keys]
 
     @abc.abstractmethod
     def delete_resource(self, source: str, resource_type: str, resource_id: str) -> bool:
@@ -644,6 +650,20 @@ class Store(abc.ABC):
         engine has no cheaper way than the single reads (the default: SQLite reads are local
         calls), or when the Patient is not stored. Redis answers with one script."""
         return None
+
+    def patients_with_term(self, term: str, prefix: bool) -> set[tuple[str, str]]:
+        """(source, id) of every stored Patient with search term `term` (`patients.terms`), or
+        with a term starting with it when `prefix`.
+
+        This default reads every Patient; engines keep an index (patient search asks this
+        for each part of a query).
+        """
+        found = set()
+        for stored in self.iter_resources("Patient"):
+            terms = patient_terms(stored.body)
+            if any(t.startswith(term) if prefix else t == term for t in terms):
+                found.add((stored.source, stored.id))
+        return found
 
     def patients_with_identifier(self, system: str, value: str) -> list[tuple[str, str]]:
         """(source, id) of every stored Patient carrying identifier `system|value`, sorted.

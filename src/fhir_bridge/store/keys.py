@@ -23,10 +23,14 @@ keys collide):
 
     T:meta                              hash    schema_version
     T:res:<source>:<type>:<id>          hash    source, type, id, hash, body, version_id,
-                                                last_updated, stored_at, patient
+                                                last_updated, stored_at, patient; a Patient
+                                                also identifiers, terms (JSON lists)
     T:res-ids:<source>:<type>           zset    resource ids (score 0: lexicographic order)
     T:res-patient:<source>:<patient>    zset    "<type>/<id>" of the resources about a patient
     T:res-counts:<source>               hash    resource type -> count
+    T:pid:<system|value>                set     Patient records "<source>/<id>" with it
+    T:pterms                            zset    "<term>\\0<source>/<id>" (score 0): Patient
+                                                search terms (`patients.terms`)
     T:sources                           set     sources with stored resources
     T:cursor:<source>:<type>            hash    value, updated_at
     T:quarantine                        hash    member -> entry (JSON)
@@ -204,6 +208,12 @@ class Keys:
     def patient_identifier(self, identifier: str) -> str:
         """The Patient records (`source/id`) carrying `system|value`, a set."""
         return self._key("pid", identifier)
+
+    @property
+    def patient_terms(self) -> str:
+        """Patient search terms, a sorted set of `<term>\\0<source>/<id>` members, all score 0:
+        ZRANGEBYLEX answers prefix searches (`patients.terms`)."""
+        return self._key("pterms")
 
     # -- facts people set by hand -------------------------------------------------------------
     @property

@@ -48,6 +48,7 @@ from redis.exceptions import WatchError
 
 from fhir_bridge.errors import StoreError, TaskNotFound
 from fhir_bridge.patients.refs import patient_reference
+from fhir_bridge.patients.terms import patient_terms
 from fhir_bridge.store import bodies
 from fhir_bridge.store.base import (
     AuditFilter,
@@ -140,6 +141,11 @@ def _patient_identifiers(patient: dict[str, Any]) -> list[str]:
         if isinstance(system, str) and isinstance(value, str):
             found.add(f"{system}|{value}")
     return sorted(found)
+
+
+def _term_member(term: str, record: str) -> str:
+    """A member of the patient-term index: the term, NUL, `source/id`."""
+    return f"{term}\0{record}"
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -249,11 +255,14 @@ end
 # Each hash of KEYS as one JSON object (an empty string for a missing one). A page of 50 tasks
 # read with HGETALL is ~2,100 reply items for redis-py's pure-Python parser to decode (most
 # of the page's cost, more than Redis's own work); this is 50 strings for `json.loads`.
-_HASHES_AS_JSON = _LUA + """
+_HASHES_AS_JSON = (
+    _LUA
+    + """
 local out = {}
 for i, key in ipairs(KEYS) do out[i] = hash_json(key) end
 return out
 """
+)
 
 
 # KEYS: the audit sequence, the records hash, then every index the record goes in; ARGV: the
@@ -268,7 +277,9 @@ return id
 # KEYS: a task index; ARGV: start, stop (ZRANGE's), the task key prefix, "1" to read tasks
 # ("0": the size only). The index's size and the tasks of that range, each hash as JSON (as
 # `_HASHES_AS_JSON`); index members end in ":<task id>".
-_INDEX_PAGE = _LUA + """
+_INDEX_PAGE = (
+    _LUA
+    + """
 local total = redis.call('ZCARD', KEYS[1])
 local out = {}
 if ARGV[4] == '1' then
@@ -278,6 +289,7 @@ if ARGV[4] == '1' then
 end
 return {total, out}
 """
+)
 
 
 def _hashes(reply: list[str]) -> list[dict[str, str]]:
@@ -388,6 +400,7 @@ class _ResourceWrite:
     key: str
     fields: dict[str, str]
     idents: tuple[str, ...]
+    terms: tuple[str, ...]  # a Patient's search terms (`patients.terms`)
 
     @classmethod
     def of(cls, k: Keys, source: str, resource: dict[str, Any], digest: str) -> _ResourceWrite:
@@ -410,8 +423,11 @@ class _ResourceWrite:
         idents = tuple(_patient_identifiers(resource)) if rtype == "Patient" else ()
         if idents:
             fields["identifiers"] = json.dumps(list(idents))
+        terms = tuple(patient_terms(resource)) if rtype == "Patient" else ()
+        if terms:
+            fields["terms"] = json.dumps(list(terms))
         key = k.resource(source, rtype, rid)
-        return cls(source, rtype, rid, digest, patient, key, fields, idents)
+        return cls(source, rtype, rid, digest, patient, key, fields, idents, terms)
 
     def queue(
         self,
@@ -420,6 +436,7 @@ class _ResourceWrite:
         old_hash: str | None,
         old_patient: str | None,
         old_idents: str | None,
+        old_terms: str | None,
     ) -> None:
         """Queue the writes (inside MULTI) over what was stored before; a new resource's
         count, id index and source entry are left to the caller (one command per page)."""
@@ -428,6 +445,11 @@ class _ResourceWrite:
             pipe.srem(k.patient_identifier(ident), record)
         for ident in self.idents:
             pipe.sadd(k.patient_identifier(ident), record)
+        gone = set(json.loads(old_terms or "[]")) - set(self.terms)
+        if gone:
+            pipe.zrem(k.patient_terms, *(_term_member(t, record) for t in gone))
+        if self.terms:
+            pipe.zadd(k.patient_terms, {_term_member(t, record): 0 for t in self.terms})
         if old_hash is not None and old_patient is not None and old_patient != self.patient:
             pipe.zrem(k.resource_patient(self.source, old_patient), member)
         if self.patient is not None:
@@ -492,6 +514,7 @@ class RedisStore(Store):
                 f"this bridge uses {SCHEMA_VERSION} (migrate first)"
             )
         self._index_patient_identifiers()
+        self._index_patient_terms()
 
     # -- plumbing ----------------------------------------------------------------------------
     def _atomic(self, body: Callable[[Pipeline], Finish[_R]], *watch: str) -> _R:
@@ -548,20 +571,25 @@ class RedisStore(Store):
         def body(pipe: Pipeline) -> Finish[list[bool]]:
             with self._redis.pipeline(transaction=False) as reads:
                 for key in keys:
-                    reads.hmget(key, ["hash", "patient", "identifiers"])
+                    reads.hmget(key, ["hash", "patient", "identifiers", "terms"])
                 stored = dict(zip(keys, cast(list[list[str | None]], reads.execute()), strict=True))
             pipe.multi()
             done = []
             new_ids: dict[str, dict[str, int]] = {}  # per type, the page's new resource ids
             for w in writes:
-                old_hash, old_patient, old_idents = stored[w.key]
+                old_hash, old_patient, old_idents, old_terms = stored[w.key]
                 if old_hash == w.digest:
                     done.append(False)
                     continue
-                w.queue(pipe, self.keys, old_hash, old_patient, old_idents)
+                w.queue(pipe, self.keys, old_hash, old_patient, old_idents, old_terms)
                 if old_hash is None:
                     new_ids.setdefault(w.rtype, {})[w.rid] = 0
-                stored[w.key] = [w.digest, w.patient, w.fields.get("identifiers")]
+                stored[w.key] = [
+                    w.digest,
+                    w.patient,
+                    w.fields.get("identifiers"),
+                    w.fields.get("terms"),
+                ]
                 done.append(True)
             for rtype, ids in new_ids.items():
                 pipe.hincrby(self.keys.resource_counts(source), rtype, len(ids))
@@ -592,14 +620,17 @@ class RedisStore(Store):
         )
 
         def body(pipe: Pipeline) -> Finish[bool]:
-            old_hash, old_patient, old_idents = cast(
-                list[str | None], pipe.hmget(key, ["hash", "patient", "identifiers"])
+            old_hash, old_patient, old_idents, old_terms = cast(
+                list[str | None], pipe.hmget(key, ["hash", "patient", "identifiers", "terms"])
             )
             if old_hash is None:
                 return lambda _: False
             pipe.multi()
+            record = f"{source}/{resource_id}"
             for ident in json.loads(old_idents or "[]"):
-                pipe.srem(k.patient_identifier(ident), f"{source}/{resource_id}")
+                pipe.srem(k.patient_identifier(ident), record)
+            if terms := json.loads(old_terms or "[]"):
+                pipe.zrem(k.patient_terms, *(_term_member(t, record) for t in terms))
             pipe.hincrby(k.resource_counts(source), resource_type, -1)
             pipe.zrem(k.resource_ids(source, resource_type), resource_id)
             if old_patient is not None:
@@ -615,6 +646,14 @@ class RedisStore(Store):
     ) -> StoredResource | None:
         h = self._hash(self._redis, self.keys.resource(source, resource_type, resource_id))
         return _resource(h) if h else None
+
+    @_translate
+    def get_resources(self, keys: Sequence[tuple[str, str, str]]) -> list[StoredResource | None]:
+        with self._redis.pipeline(transaction=False) as reads:
+            for key in keys:
+                reads.hgetall(self.keys.resource(*key))
+            found = cast(list[dict[str, str]], reads.execute()) if keys else []
+        return [_resource(h) if h else None for h in found]
 
     @_translate
     def resources_for_patient(
@@ -1693,6 +1732,35 @@ class RedisStore(Store):
         self._redis.hset(self.keys.meta, "patient_identifier_index", "1")
 
     @_translate
+    def _index_patient_terms(self) -> None:
+        """Build the search-term index once for Patients written before it existed
+        (idempotent, like `_index_patient_identifiers`)."""
+        if self._redis.hget(self.keys.meta, "patient_terms_index"):
+            return
+        for stored in self.iter_resources("Patient"):
+            record = f"{stored.source}/{stored.id}"
+            terms = patient_terms(stored.body)
+            key = self.keys.resource(stored.source, "Patient", stored.id)
+            with self._redis.pipeline(transaction=True) as pipe:
+                if terms:
+                    pipe.zadd(self.keys.patient_terms, {_term_member(t, record): 0 for t in terms})
+                    pipe.hset(key, "terms", json.dumps(terms))
+                pipe.execute()
+        self._redis.hset(self.keys.meta, "patient_terms_index", "1")
+
+    @_translate
+    def patients_with_term(self, term: str, prefix: bool) -> set[tuple[str, str]]:
+        # Members are "<term>\0<record>": an exact term is the range of "<term>\0"; a prefix
+        # the range up to "<prefix>\xff" (a byte no UTF-8 text holds). Bytes, so that redis-py
+        # does not encode \xff as two UTF-8 bytes.
+        low = term.encode() + (b"" if prefix else b"\0")
+        members = cast(
+            list[str],
+            self._redis.zrangebylex(self.keys.patient_terms, b"[" + low, b"[" + low + b"\xff"),
+        )
+        return {cast(tuple[str, str], tuple(m.rsplit("\0", 1)[1].split("/", 1))) for m in members}
+
+    @_translate
     def patients_with_identifier(self, system: str, value: str) -> list[tuple[str, str]]:
         members = cast(
             set[str], self._redis.smembers(self.keys.patient_identifier(f"{system}|{value}"))
@@ -1851,9 +1919,12 @@ return failed
 # KEYS: a `res-patient` index; ARGV: lex range low, high, the resource key prefix up to the
 # source (`T:res:<source>`). The fields of each listed resource ("<type>/<id>") in index order
 # (an empty list for one gone meanwhile); the resource keys share the index's hash tag.
-_PATIENT_RESOURCES = _LUA + """
+_PATIENT_RESOURCES = (
+    _LUA
+    + """
 return patient_resources(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
 """
+)
 
 # KEYS: a Patient's hash, a facts hash, the Patient's resource index, its task index; ARGV:
 # the resource key prefix of its source, the task key prefix, the identifier key prefix, then
@@ -1861,7 +1932,9 @@ return patient_resources(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
 # facts, [system|value, records]... for its identifiers of trusted systems (read from the
 # body: a read-ahead, the caller asks the store for any other), its resources' hashes (as
 # _PATIENT_RESOURCES) and its tasks as JSON (as _INDEX_PAGE).
-_PATIENT_READS = _LUA + """
+_PATIENT_READS = (
+    _LUA
+    + """
 local patient = redis.call('HGETALL', KEYS[1])
 if #patient == 0 then return {} end
 local idents = {}
@@ -1887,6 +1960,7 @@ local tasks = {}
 for i, m in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do tasks[i] = task_json(ARGV[2], m) end
 return {patient, redis.call('HGETALL', KEYS[2]), idents, resources, tasks}
 """
+)
 
 # KEYS: stream; ARGV: group, consumer, message ids. Resets the idle time of the messages still
 # pending for this consumer (XCLAIM to itself), so they are not reclaimed while delivered.

@@ -21,6 +21,7 @@ from typing import Any, cast
 
 from fhir_bridge.errors import StoreError, TaskNotFound
 from fhir_bridge.patients.refs import patient_reference
+from fhir_bridge.patients.terms import patient_terms
 from fhir_bridge.store import bodies
 from fhir_bridge.store.base import (
     AuditFilter,
@@ -162,6 +163,18 @@ END;
 CREATE TRIGGER IF NOT EXISTS patient_identifiers_delete AFTER DELETE ON resources
 WHEN old.type = 'Patient' BEGIN
     DELETE FROM patient_identifiers WHERE source = old.source AND id = old.id;
+END;
+-- Patient search terms (`patients.terms`: name words, birth date, identifier values) ->
+-- record, written with each Patient (the words need Python's Unicode folding, so no trigger
+-- makes them) and deleted with it by trigger; `term` ranges answer prefix searches. Added
+-- without a schema bump: `_backfill_terms` fills it for older files.
+CREATE TABLE IF NOT EXISTS patient_terms (
+    term TEXT NOT NULL, source TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (term, source, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS patient_terms_record ON patient_terms (source, id);
+CREATE TRIGGER IF NOT EXISTS patient_terms_delete AFTER DELETE ON resources
+WHEN old.type = 'Patient' BEGIN
+    DELETE FROM patient_terms WHERE source = old.source AND id = old.id;
 END;
 -- Facts people set by hand (patient links, ...): added without a schema bump, like audit.
 CREATE TABLE IF NOT EXISTS facts (
@@ -313,6 +326,15 @@ def _outbox_from_row(row: sqlite3.Row) -> OutboxEntry:
     )
 
 
+def _put_terms(db: sqlite3.Connection, source: str, rid: str, patient: dict[str, Any]) -> None:
+    """Replace the search terms of one Patient record (inside the caller's transaction)."""
+    db.execute("DELETE FROM patient_terms WHERE source = ? AND id = ?", (source, rid))
+    db.executemany(
+        "INSERT OR IGNORE INTO patient_terms (term, source, id) VALUES (?, ?, ?)",
+        [(term, source, rid) for term in patient_terms(patient)],
+    )
+
+
 # Outbox rows with their detail (kept in a side table so older store files need no migration).
 _OUTBOX_SELECT = "SELECT o.*, d.detail FROM outbox o LEFT JOIN outbox_detail d ON d.id = o.id"
 
@@ -352,6 +374,7 @@ class SqliteStore(Store):
         self._lock = threading.RLock()
         self._depth = 0
         self._backfill_identifiers()
+        self._backfill_terms()
         self._backfill_task_counts()
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -427,6 +450,8 @@ class SqliteStore(Store):
                         patient_reference(resource),
                     ),
                 ).rowcount
+                if changed and rtype == "Patient":
+                    _put_terms(db, source, rid, resource)
                 return changed > 0
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite write failed: {exc}") from exc
@@ -468,6 +493,9 @@ class SqliteStore(Store):
                 db.executemany(
                     "INSERT OR REPLACE INTO resources VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
                 )
+                for (resource, _), changed in zip(items, written, strict=True):
+                    if changed and resource["resourceType"] == "Patient":
+                        _put_terms(db, source, resource["id"], resource)
                 return written
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite write failed: {exc}") from exc
@@ -1095,6 +1123,23 @@ class SqliteStore(Store):
             "WHERE r.type = 'Patient' AND json_type(i.value, '$.system') = 'text' "
             "AND json_type(i.value, '$.value') = 'text'",
         )
+
+    def _backfill_terms(self) -> None:
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM meta WHERE key='patient_terms'").fetchone():
+                return
+            db.execute("DELETE FROM patient_terms")
+            for row in db.execute("SELECT source, id, body FROM resources WHERE type='Patient'"):
+                _put_terms(db, row["source"], row["id"], bodies.loads(row["body"]))
+            db.execute("INSERT INTO meta (key, value) VALUES ('patient_terms', '1')")
+
+    def patients_with_term(self, term: str, prefix: bool) -> set[tuple[str, str]]:
+        if prefix:  # every term from `term` up to the last text starting with it
+            sql = "SELECT DISTINCT source, id FROM patient_terms WHERE term >= ? AND term < ?"
+            rows = self._read(sql, (term, term + "\U0010ffff"))
+        else:
+            rows = self._read("SELECT source, id FROM patient_terms WHERE term = ?", (term,))
+        return {(r["source"], r["id"]) for r in rows}
 
     def _backfill_task_counts(self) -> None:
         self._backfill_once(

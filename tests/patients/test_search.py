@@ -106,4 +106,7 @@ def test_term_index_is_built_for_patients_stored_before_it(tmp_path, redis_clien
     redis_store.close()
     again = RedisStore(REDIS_URL, key_prefix=redis_prefix)
     assert found(again, name="roe") == [("clinic", "c7"), ("ehr", "p1"), ("lab", "q3")]
+    # the backfill recorded each Patient's terms, so a later change drops the old ones
+    put(again, "ehr", patient("p1", (MRN, "123"), name=[{"family": "Doe"}]))
+    assert ("ehr", "p1") not in again.patients_with_term("n:roe", prefix=False)
     again.close()

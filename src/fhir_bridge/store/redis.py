@@ -1741,11 +1741,11 @@ class RedisStore(Store):
             record = f"{stored.source}/{stored.id}"
             terms = patient_terms(stored.body)
             key = self.keys.resource(stored.source, "Patient", stored.id)
-            with self._redis.pipeline(transaction=True) as pipe:
-                if terms:
-                    pipe.zadd(self.keys.patient_terms, {_term_member(t, record): 0 for t in terms})
-                    pipe.hset(key, "terms", json.dumps(terms))
-                pipe.execute()
+            members = [_term_member(t, record) for t in terms]
+            if members:  # only while the Patient is still stored (a delete may have come)
+                self._redis.eval(
+                    _ADD_TERMS, 2, key, self.keys.patient_terms, json.dumps(terms), *members
+                )
         self._redis.hset(self.keys.meta, "patient_terms_index", "1")
 
     @_translate
@@ -1961,6 +1961,15 @@ for i, m in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do tasks[i] = task_json
 return {patient, redis.call('HGETALL', KEYS[2]), idents, resources, tasks}
 """
 )
+
+# KEYS: a Patient's hash, the patient-term index; ARGV: its terms as JSON, then its index
+# members. Adds both only if the Patient is still stored (HSET would create a bare hash).
+_ADD_TERMS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'terms', ARGV[1])
+for i = 2, #ARGV do redis.call('ZADD', KEYS[2], 0, ARGV[i]) end
+return 1
+"""
 
 # KEYS: stream; ARGV: group, consumer, message ids. Resets the idle time of the messages still
 # pending for this consumer (XCLAIM to itself), so they are not reclaimed while delivered.

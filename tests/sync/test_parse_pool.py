@@ -205,6 +205,18 @@ def test_close_stops_the_workers(profile_set):
     assert own.submit([{"resourceType": "Patient"}], "Patient", ()) is None
 
 
+def _ingest_despite_the_pool(ingestor: Ingestor) -> tuple[list[dict[str, Any]], list[Any]]:
+    """Ingest the sample Patients through a pool that fails: every one is stored anyway;
+    the Patients and the `parse_pool_failed` log events (at least one)."""
+    patients = copy.deepcopy(_samples()["Patient"])
+    with capture_logs() as logs:
+        result = ingestor.ingest(SOURCE, patients, "Patient")
+    assert result.received == len(patients) and result.stored == len(patients)
+    failed = [e for e in logs if e["event"] == "parse_pool_failed"]
+    assert failed
+    return patients, failed
+
+
 def test_crashed_worker_falls_back_in_process_and_a_fresh_pool_follows(store, rules, profile_set):
     """A killed worker: the page is checked in-process with a warning, nothing is lost, and
     the next page starts a fresh pool."""
@@ -214,12 +226,8 @@ def test_crashed_worker_falls_back_in_process_and_a_fresh_pool_follows(store, ru
         ingestor = _ingestor(store, rules, profile_set, own)
         os.kill(pid, signal.SIGKILL)
         _wait_gone([pid])
-        patients = copy.deepcopy(_samples()["Patient"])
-        with capture_logs() as logs:
-            result = ingestor.ingest(SOURCE, patients, "Patient")
-        assert result.received == len(patients) and result.stored == len(patients)
-        failed = [e for e in logs if e["event"] == "parse_pool_failed"]
-        assert failed and failed[0]["fallback"] == "in-process"
+        patients, failed = _ingest_despite_the_pool(ingestor)
+        assert failed[0]["fallback"] == "in-process"
         assert failed[0]["log_level"] == "warning"
         own.wait_ready(60)  # a fresh pool
         again = ingestor.ingest(SOURCE, copy.deepcopy(patients), "Patient")
@@ -236,12 +244,8 @@ def test_hung_worker_is_killed_and_the_page_checked_in_process(store, rules, pro
         [pid] = own.wait_ready(60)
         ingestor = _ingestor(store, rules, profile_set, own)
         os.kill(pid, signal.SIGSTOP)
-        patients = copy.deepcopy(_samples()["Patient"])
-        with capture_logs() as logs:
-            result = ingestor.ingest(SOURCE, patients, "Patient")
-        assert result.received == len(patients) and result.stored == len(patients)
-        failed = [e for e in logs if e["event"] == "parse_pool_failed"]
-        assert failed and failed[0]["error"] == "TimeoutError"
+        _, failed = _ingest_despite_the_pool(ingestor)
+        assert failed[0]["error"] == "TimeoutError"
         assert failed[0]["fallback"] == "in-process"
         assert _wait_gone([pid]) == []  # killed, not left stopped
         assert own.pages_checked == 0

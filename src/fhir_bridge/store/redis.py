@@ -36,7 +36,7 @@ import functools
 import hashlib
 import json
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -141,6 +141,21 @@ def _patient_identifiers(patient: dict[str, Any]) -> list[str]:
         if isinstance(system, str) and isinstance(value, str):
             found.add(f"{system}|{value}")
     return sorted(found)
+
+
+def _flat_hashes(replies: list[list[str]]) -> list[dict[str, str]]:
+    """HGETALL replies a script returned (flat field, value lists) as dicts."""
+    return [dict(zip(f[::2], f[1::2], strict=True)) for f in replies]
+
+
+def _records(members: Iterable[str]) -> list[tuple[str, str]]:
+    """Patient records ("<source>/<id>" index members) as sorted (source, id) pairs."""
+    return sorted(cast(tuple[str, str], tuple(m.split("/", 1))) for m in members)
+
+
+def _facts(raw: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """A facts hash decoded, by key."""
+    return {k: json.loads(v) for k, v in sorted(raw.items())}
 
 
 def _term_member(term: str, record: str) -> str:
@@ -667,8 +682,7 @@ class RedisStore(Store):
         )
         prefix = self.keys.resource(source, "", "")[:-2]  # "T:res:<source>", parts escaped
         reply = self._redis.eval(_PATIENT_RESOURCES, 1, index, low, high, prefix)
-        hashes = [dict(zip(f[::2], f[1::2], strict=True)) for f in cast(list[list[str]], reply)]
-        return [_resource(h) for h in hashes if h]
+        return [_resource(h) for h in _flat_hashes(cast(list[list[str]], reply)) if h]
 
     @_translate
     def patient_reads(
@@ -687,16 +701,13 @@ class RedisStore(Store):
         if not reply:
             return None
         first, facts, idents, resources, tasks = cast(list[Any], reply)
-        flat = [dict(zip(f[::2], f[1::2], strict=True)) for f in [first, *resources]]
-        found = [_resource(h) for h in flat if h]
-        pairs = dict(zip(facts[::2], facts[1::2], strict=True))
+        found = [_resource(h) for h in _flat_hashes([first, *resources]) if h]
+        (pairs,) = _flat_hashes([facts])
         return PatientReads(
             patient=found[0],
-            facts={key: json.loads(v) for key, v in sorted(pairs.items())},
+            facts=_facts(pairs),
             identifiers={
-                cast(tuple[str, str], tuple(key.split("|", 1))): sorted(
-                    cast(tuple[str, str], tuple(m.split("/", 1))) for m in members
-                )
+                cast(tuple[str, str], tuple(key.split("|", 1))): _records(members)
                 for key, members in zip(idents[::2], idents[1::2], strict=True)
             },
             resources=found[1:],
@@ -1758,14 +1769,14 @@ class RedisStore(Store):
             list[str],
             self._redis.zrangebylex(self.keys.patient_terms, b"[" + low, b"[" + low + b"\xff"),
         )
-        return {cast(tuple[str, str], tuple(m.rsplit("\0", 1)[1].split("/", 1))) for m in members}
+        return set(_records(m.rsplit("\0", 1)[1] for m in members))
 
     @_translate
     def patients_with_identifier(self, system: str, value: str) -> list[tuple[str, str]]:
         members = cast(
             set[str], self._redis.smembers(self.keys.patient_identifier(f"{system}|{value}"))
         )
-        return sorted(cast(tuple[str, str], tuple(m.split("/", 1))) for m in members)
+        return _records(members)
 
     # -- facts -------------------------------------------------------------------------------
     @_translate
@@ -1789,7 +1800,7 @@ class RedisStore(Store):
     @_translate
     def list_facts(self, kind: str) -> dict[str, dict[str, Any]]:
         raw = cast(dict[str, str], self._redis.hgetall(self.keys.facts(kind)))
-        return {k: json.loads(v) for k, v in sorted(raw.items())}
+        return _facts(raw)
 
     @_translate
     def _fact_kinds(self) -> list[str]:

@@ -1103,14 +1103,20 @@ class SqliteStore(Store):
             yield r["kind"], r["key"], json.loads(r["value"])
 
     # -- patient identifiers -----------------------------------------------------------------
-    def _backfill_once(self, marker: str, *statements: str) -> None:
-        """Run `statements` in one transaction unless `meta` holds `marker` (then set it): fills
-        a table added without a schema bump, once, for a file written before it existed."""
+    def _backfill_once(
+        self, marker: str, *steps: str | Callable[[sqlite3.Connection], None]
+    ) -> None:
+        """Run `steps` (SQL, or functions of the connection) in one transaction unless `meta`
+        holds `marker` (then set it): fills a table added without a schema bump, once, for a
+        file written before it existed."""
         with self._tx() as db:
             if db.execute("SELECT 1 FROM meta WHERE key=?", (marker,)).fetchone():
                 return
-            for sql in statements:
-                db.execute(sql)
+            for step in steps:
+                if isinstance(step, str):
+                    db.execute(step)
+                else:
+                    step(db)
             db.execute("INSERT INTO meta (key, value) VALUES (?, '1')", (marker,))
 
     def _backfill_identifiers(self) -> None:
@@ -1125,13 +1131,11 @@ class SqliteStore(Store):
         )
 
     def _backfill_terms(self) -> None:
-        with self._tx() as db:
-            if db.execute("SELECT 1 FROM meta WHERE key='patient_terms'").fetchone():
-                return
-            db.execute("DELETE FROM patient_terms")
+        def fill(db: sqlite3.Connection) -> None:
             for row in db.execute("SELECT source, id, body FROM resources WHERE type='Patient'"):
                 _put_terms(db, row["source"], row["id"], bodies.loads(row["body"]))
-            db.execute("INSERT INTO meta (key, value) VALUES ('patient_terms', '1')")
+
+        self._backfill_once("patient_terms", "DELETE FROM patient_terms", fill)
 
     def patients_with_term(self, term: str, prefix: bool) -> set[tuple[str, str]]:
         if prefix:  # every term from `term` up to the last text starting with it

@@ -153,6 +153,12 @@ def encode(resources: list[Any]) -> tuple[bytes, bool]:
     return blob, False
 
 
+def _workers(executor: ProcessPoolExecutor | None) -> list[Any]:
+    """The worker processes of `executor` (a private attribute: the executor has no API)."""
+    processes = getattr(executor, "_processes", None) or {}
+    return list(processes.values())
+
+
 class PendingCheck:
     """The findings of one page, being computed by the pool."""
 
@@ -323,11 +329,9 @@ class ParsePool:
         """A page's checks failed in `executor`: log it and drop that pool, unless a fresh one
         replaced it already (the next big page starts a fresh one). `hung`: its workers are
         killed first (a shutdown would wait for them, or leave them running)."""
-        if hung and executor is not None:
-            processes = getattr(executor, "_processes", None) or {}
-            for process in list(processes.values()):
-                with contextlib.suppress(OSError, ValueError):
-                    process.kill()
+        for process in _workers(executor) if hung else []:
+            with contextlib.suppress(OSError, ValueError):
+                process.kill()
         with self._lock:
             self._broken(exc, size, executor)
 
@@ -356,9 +360,7 @@ class ParsePool:
 
     def pids(self) -> list[int]:
         """Pids of the running workers (tests)."""
-        executor = self._executor
-        processes = getattr(executor, "_processes", None) or {}
-        return [p.pid for p in processes.values() if p.pid is not None]
+        return [p.pid for p in _workers(self._executor) if p.pid is not None]
 
     def close(self) -> None:
         """Stop the workers and wait for them; checks not yet started are cancelled."""

@@ -60,6 +60,7 @@ from fhir_bridge.sync.engine import dependency_order
 from fhir_bridge.sync.files import ingest_files
 from fhir_bridge.sync.ingest import Ingestor, ProfilePolicy
 from fhir_bridge.tasks.service import TaskService
+from fhir_bridge.validate import speedups
 from fhir_bridge.validate.pool import ParsePool, auto_workers
 from fhir_bridge.validate.profiles import ProfileSet
 
@@ -109,6 +110,33 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / ticks
 
 
+def bare_parse(lines: dict[str, list[str]]) -> None:
+    """The bare R4B parse of every line (the bridge's validation speedups apply, if on)."""
+    for rtype, rows in lines.items():
+        model = get_fhir_model_class(rtype)
+        for row in rows:
+            model.model_validate(json.loads(row))
+
+
+def library_parse(repeat: int) -> list[float]:
+    """Seconds of `bare_parse` over the ingest lines in a child process without the bridge's
+    validation speedups: fhir.resources as released (fhir_bridge/validate/speedups.py)."""
+    env = os.environ | {speedups.ENV: "0"}
+    done = subprocess.run(
+        [sys.executable, __file__, "--library-parse", str(repeat)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    times: list[float] = json.loads(done.stdout)
+    return times
+
+
+def _ingest_lines() -> dict[str, list[str]]:
+    return load_lines(dependency_order(DEFAULT_RESOURCE_TYPES, RuleSet.load(ROOT / "mappings")))
+
+
 def bench_ingest(repeat: int, workers: int) -> dict[str, Any]:
     """orjson parse and bare R4B parse vs the whole ingest path, on the same lines.
 
@@ -119,7 +147,7 @@ def bench_ingest(repeat: int, workers: int) -> dict[str, Any]:
     rules = RuleSet.load(ROOT / "mappings")
     profile_set = ProfileSet.load(ROOT / "profiles")
     profiles = tuple(p.url for p in profile_set.profiles)
-    lines = load_lines(dependency_order(DEFAULT_RESOURCE_TYPES, rules))
+    lines = _ingest_lines()
     count = sum(len(v) for v in lines.values())
 
     def parse_orjson() -> None:
@@ -128,10 +156,7 @@ def bench_ingest(repeat: int, workers: int) -> dict[str, Any]:
                 orjson.loads(row)
 
     def bare() -> None:
-        for rtype, rows in lines.items():
-            model = get_fhir_model_class(rtype)
-            for row in rows:
-                model.model_validate(json.loads(row))
+        bare_parse(lines)
 
     evaluations = sum(len(rules.for_type(t)) * len(rows) for t, rows in lines.items())
 
@@ -196,6 +221,7 @@ def bench_ingest(repeat: int, workers: int) -> dict[str, Any]:
         if pool is not None:
             pool.close()
     t_orjson, t_bare, t_ingest = (statistics.median(wall[n]) for n in ("orjson", "bare", "ingest"))
+    t_library = statistics.median(library_parse(repeat))
     c_bare, c_ingest = statistics.median(cpu["bare"]), statistics.median(cpu["ingest"])
     pooled: dict[str, Any] = {"pool_workers": workers, "cpus": os.cpu_count()}
     if pool is not None:
@@ -217,6 +243,8 @@ def bench_ingest(repeat: int, workers: int) -> dict[str, Any]:
         "resources": count,
         "orjson_parse_per_s": count / t_orjson,
         "bare_parse_per_s": count / t_bare,
+        "library_parse_per_s": count / t_library,
+        "speedups": speedups.installed(),
         "ingest_per_s": count / t_ingest,
         "rule_evaluations": evaluations,
         "rule_evaluations_per_s": evaluations / t_ingest,
@@ -527,9 +555,22 @@ def table_rows(r: dict[str, Any]) -> list[Row]:
         (
             "ingest: bare R4B parse (anchor)",
             f"{i['bare_parse_per_s']:,.0f} res/s",
-            f"{i['bare_time_x_orjson']:,.0f}x orjson time",
+            f"{i['bare_time_x_orjson']:,.0f}x orjson time"
+            + ("; with the bridge's validation speedups" if i.get("speedups") else ""),
             i["bare_parse_per_s"],
         ),
+    ]
+    if "library_parse_per_s" in i:
+        rows.append(
+            (
+                "ingest: bare R4B parse, library as released",
+                f"{i['library_parse_per_s']:,.0f} res/s",
+                f"speedups: {i['bare_parse_per_s'] / i['library_parse_per_s']:.2f}x its rate "
+                "(child process, FHIR_BRIDGE_VALIDATE_SPEEDUPS=0)",
+                i["library_parse_per_s"],
+            )
+        )
+    rows += [
         ("ingest: rule evaluations", f"{i['rule_evaluations_per_s']:,.0f} /s", "", None),
         (
             "ingest: parse+profiles+store+rules+tasks",
@@ -755,8 +796,19 @@ def main() -> None:
         type=int,
         help="parse pool workers for the pool figures (default: auto, at least 1; 0: none)",
     )
+    parser.add_argument("--library-parse", type=int, help=argparse.SUPPRESS)  # library_parse
     args = parser.parse_args()
     configure_logging("ERROR")
+    if args.library_parse:
+        lines = _ingest_lines()
+        bare_parse(lines)  # warm: model classes built
+        times = []
+        for _ in range(args.library_parse):
+            started = time.perf_counter()
+            bare_parse(lines)
+            times.append(time.perf_counter() - started)
+        print(json.dumps(times))
+        return
     started = time.perf_counter()
     results: dict[str, Any] = {
         "meta": {

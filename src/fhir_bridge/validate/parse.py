@@ -13,9 +13,14 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any, TypedDict
 
-from fhir.resources.R4B import get_fhir_model_class
-from fhir.resources.R4B.resource import Resource
 from pydantic import ValidationError
+
+from fhir_bridge.validate import speedups
+
+speedups.install()  # before any R4B model class is built: see speedups.py
+
+from fhir.resources.R4B import get_fhir_model_class  # noqa: E402
+from fhir.resources.R4B.resource import Resource  # noqa: E402
 
 
 class Issue(TypedDict):

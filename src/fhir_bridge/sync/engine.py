@@ -452,7 +452,13 @@ async def sync_source(
     # /metadata (nor lets a failing /metadata trip the breaker first): it reads it afterwards.
     # Its incremental cursor (highest lastUpdated, before the run's start) is a safe start
     # for a created-date plan too.
-    defer = plans is None and source.sync_strategy == "auto" and await _first_load(source, ingestor)
+    first = await _first_load(source, ingestor)
+    defer = plans is None and source.sync_strategy == "auto" and first
+    if (first or full) and ingestor.pool is not None and ingestor.pool.enabled:
+        # Everything is searched: a big job. The workers start while the first pages come,
+        # not when a search's total first passes `parse_pool_min` (types before it would be
+        # checked in-process).
+        await asyncio.to_thread(ingestor.pool.start)
     if plans is None and not defer:
         plans = await _decide(cache, source, client)
     for resource_type in dependency_order(source.resource_types, ingestor.rules):

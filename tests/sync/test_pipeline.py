@@ -1,10 +1,13 @@
-"""Sync fetches page N+1 while page N is ingested: pages in order, at most one ahead, and a
-cursor that moves only past pages stored (respx, no server)."""
+"""Sync fetches page N+1 while page N is ingested, and the next type while the one before
+is ingested: pages in order, at most one ahead, ingests in dependency order, and a cursor
+that moves only past pages stored (respx, no server)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,7 +19,7 @@ from fhir_bridge.config import SourceConfig
 from fhir_bridge.fhir import FhirClient, Page
 from fhir_bridge.mapping.engine import RuleSet
 from fhir_bridge.store.sqlite import SqliteStore
-from fhir_bridge.sync.engine import _prefetched, sync_type
+from fhir_bridge.sync.engine import _prefetched, dependency_order, sync_source, sync_type
 from fhir_bridge.sync.ingest import Ingestor
 from fhir_bridge.tasks.service import TaskService
 from tests.utils import NOW, ROOT
@@ -206,4 +209,81 @@ async def test_failing_store_write_keeps_the_cursor_of_the_page_before():
                 await sync_type(_source(), "Patient", client, _ingestor(store))
     assert store.get_cursor("ehr", "Patient") == _stamp(PER_PAGE - 1)
     assert store.resource_counts("ehr") == {"Patient": PER_PAGE}
+    store.close()
+
+
+class _TimedIngestor(Ingestor):
+    """Notes when each page's ingest starts and ends; slow enough for fetches to overlap."""
+
+    def __init__(self, store: SqliteStore, events: list[tuple[str, str]]) -> None:
+        super().__init__(
+            store, RuleSet.load(ROOT / "mappings"), TaskService(store, lambda: NOW, []), lambda: NOW
+        )
+        self.events = events
+
+    def ingest(self, source, resources, expected_type, *args, **kwargs):
+        """Ingest, between two events."""
+        self.events.append(("ingest-start", expected_type))
+        time.sleep(0.05)
+        try:
+            return super().ingest(source, resources, expected_type, *args, **kwargs)
+        finally:
+            self.events.append(("ingest-end", expected_type))
+
+
+async def test_next_type_is_fetched_while_the_one_before_is_ingested():
+    """The search of the next type starts while the type before it is being ingested (once
+    that type's first page came); ingests never overlap and keep the dependency order."""
+    events: list[tuple[str, str]] = []
+    types = ("Patient", "Coverage", "Appointment")
+
+    def other(rtype: str):
+        def answer(request: httpx.Request) -> httpx.Response:
+            events.append(("request", rtype))
+            resource = {"resourceType": rtype, "id": f"{rtype}-1", "status": "active"}
+            resource["meta"] = {"lastUpdated": _stamp(1)}
+            if rtype == "Coverage":
+                resource |= {"beneficiary": {"reference": "Patient/p1"}, "payor": [{}]}
+            else:
+                resource |= {"status": "proposed", "participant": [{"status": "accepted"}]}
+            return httpx.Response(
+                200,
+                json={
+                    "resourceType": "Bundle",
+                    "type": "searchset",
+                    "entry": [{"resource": resource}],
+                },
+            )
+
+        return answer
+
+    def patients(request: httpx.Request) -> httpx.Response:
+        events.append(("request", "Patient"))
+        return httpx.Response(200, json=_bundle(int(request.url.params.get("page", "1"))))
+
+    store = SqliteStore(":memory:")
+    ingestor = _TimedIngestor(store, events)
+    source = SourceConfig(
+        name="ehr", base_url=BASE, resource_types=types, page_size=3, sync_strategy="last-updated"
+    )
+    with respx.mock(base_url=BASE) as api:
+        api.get("/Patient").mock(side_effect=patients)
+        api.get("/Coverage").mock(side_effect=other("Coverage"))
+        api.get("/Appointment").mock(side_effect=other("Appointment"))
+        async with FhirClient(BASE) as client:
+            report = await sync_source(source, client, ingestor)
+    order = dependency_order(types, ingestor.rules)
+    assert [t.resource_type for t in report.types] == order
+    assert report.ok, [t.error for t in report.types]
+    ingests = [e for e in events if e[0].startswith("ingest")]
+    assert ingests == [
+        (kind, rtype)
+        for rtype in order
+        for _ in range(PAGES if rtype == "Patient" else 1)
+        for kind in ("ingest-start", "ingest-end")
+    ]
+    for before, after in itertools.pairwise(order):
+        last_ingest = max(i for i, e in enumerate(events) if e == ("ingest-end", before))
+        first_request = events.index(("request", after))
+        assert first_request < last_ingest, f"{after} waited for {before} to be ingested"
     store.close()

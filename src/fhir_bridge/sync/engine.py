@@ -24,7 +24,7 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -196,18 +196,36 @@ async def sync_type(
     progress: Progress | None = None,
     metrics: SyncObserver | None = None,
     plan: TypePlan = INCREMENTAL,
+    after: asyncio.Future[Any] | None = None,
+    answered: asyncio.Event | None = None,
 ) -> TypeReport:
     """Pull every resource of `resource_type` changed since the cursor and ingest it.
 
     Every log line of the run (ours, the FHIR client's, ingest's) carries the run's `job_id`.
     :param plan: how changes are found (default: `_lastUpdated`).
+    :param after: the search starts now, but nothing is ingested before this is done (the
+        type before it in dependency order, whose resources this type's rules may read).
+    :param answered: set when the first page has come (or the run ended without one).
     """
-    with structlog.contextvars.bound_contextvars(
-        job_id=new_job_id(), source=source.name, resource_type=resource_type
-    ):
-        report = await _sync_type(
-            source, resource_type, client, ingestor, full, progress, metrics, plan
-        )
+    try:
+        with structlog.contextvars.bound_contextvars(
+            job_id=new_job_id(), source=source.name, resource_type=resource_type
+        ):
+            report = await _sync_type(
+                source,
+                resource_type,
+                client,
+                ingestor,
+                full,
+                progress,
+                metrics,
+                plan,
+                after,
+                answered,
+            )
+    finally:
+        if answered is not None:
+            answered.set()
     if metrics is not None:
         metrics.observe_sync_run(
             source.name, resource_type, ok=report.error is None, seconds=report.seconds
@@ -224,6 +242,8 @@ async def _sync_type(
     progress: Progress | None,
     metrics: SyncObserver | None = None,
     plan: TypePlan = INCREMENTAL,
+    after: asyncio.Future[Any] | None = None,
+    answered: asyncio.Event | None = None,
 ) -> TypeReport:
     report = TypeReport(resource_type)
     store = ingestor.store
@@ -268,6 +288,10 @@ async def _sync_type(
             # aclosing: an ingest error stops the fetch ahead now, not when garbage-collected.
             async with contextlib.aclosing(pages):
                 async for page in pages:
+                    if answered is not None:
+                        answered.set()
+                    if after is not None and not after.done():
+                        await asyncio.wait([after])  # its outcome is its own report's
                     page_started = time.perf_counter()
                     report.pages += 1
                     pass_pages += 1
@@ -461,19 +485,41 @@ async def sync_source(
         await asyncio.to_thread(ingestor.pool.start)
     if plans is None and not defer:
         plans = await _decide(cache, source, client)
-    for resource_type in dependency_order(source.resource_types, ingestor.rules):
-        report.types.append(
-            await sync_type(
-                source,
-                resource_type,
-                client,
-                ingestor,
-                full=full,
-                progress=progress,
-                metrics=metrics,
-                plan=(plans or {}).get(resource_type, INCREMENTAL),
+    # Types are ingested one after the other, in dependency order. Each one's search starts
+    # once the type before it has had its first page (the source answers: a failing one is
+    # not asked twice at once, its breaker's first failure stays the first type's), while
+    # that type is still being ingested: no type waits for the server at its start, and the
+    # parse pool checks its first pages meanwhile.
+    running: list[tuple[asyncio.Task[TypeReport], asyncio.Event]] = []
+    try:
+        for resource_type in dependency_order(source.resource_types, ingestor.rules):
+            if running:
+                await running[-1][1].wait()
+            answered = asyncio.Event()
+            task = asyncio.create_task(
+                sync_type(
+                    source,
+                    resource_type,
+                    client,
+                    ingestor,
+                    full=full,
+                    progress=progress,
+                    metrics=metrics,
+                    plan=(plans or {}).get(resource_type, INCREMENTAL),
+                    after=running[-1][0] if running else None,
+                    answered=answered,
+                )
             )
-        )
+            running.append((task, answered))
+            if len(running) > 1:
+                report.types.append(await running.pop(0)[0])
+        while running:
+            report.types.append(await running.pop(0)[0])
+    finally:
+        for task, _ in running:  # cancelled, or the type before failed unexpectedly
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.gather(*(task for task, _ in running), return_exceptions=True)
     if defer and report.ok:  # after a failed run the next one asks (no extra breaker probe)
         await _decide(cache, source, client)
     new_patients = [i for t in report.types if t.resource_type == "Patient" for i in t.new_patients]

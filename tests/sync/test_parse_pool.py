@@ -176,6 +176,23 @@ def test_first_big_page_is_checked_in_process_while_workers_start(store, rules, 
         lazy.close()
 
 
+def test_background_start_leaves_pages_in_process_until_ready(profile_set):
+    """A pool started in the background takes no page before its workers are ready (they are
+    checked in-process), then takes them."""
+    own = ParsePool(profile_set, 1, min_resources=0)
+    page = copy.deepcopy(_samples()["Patient"]) * 2
+    try:
+        own.start(background=True)
+        assert own.submit(page, "Patient", ()) is None
+        own.wait_ready(60)
+        pending = own.submit(page, "Patient", ())
+        assert pending is not None
+        results = pending.results()
+        assert results is not None and len(results) == len(page)
+    finally:
+        own.close()
+
+
 def _wait_gone(pids: list[int], timeout: float = 20) -> list[int]:
     """The pids still alive (not zombies) after waiting up to `timeout`."""
     deadline = time.monotonic() + timeout

@@ -3,6 +3,8 @@ in-process sync stores, makes the same tasks, and leaves no process behind."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,21 @@ async def test_sync_with_the_pool_matches_the_in_process_sync(seeded_url, tmp_pa
             assert _wait_gone(pids) == []
     assert totals[0] == totals[1] and totals[0][0] > 700
     assert snapshots[0] == snapshots[1]
+
+
+async def test_first_load_starts_the_pool_however_small_its_searches(seeded_url, tmp_path):
+    """A first load is a big job: the workers start at its beginning, not when one search's
+    total first passes parse_pool_min (here never)."""
+    bridge = _bridge(seeded_url, tmp_path / "first.db", 1)
+    pool = bridge.ingestor.pool
+    assert pool is not None
+    pool.min_resources = 10**9
+    try:
+        [report] = await bridge.sync_once()
+        assert report.ok, [t.error for t in report.types]
+        deadline = time.monotonic() + 60
+        while not pool.pids() and time.monotonic() < deadline:  # not started by us: polled
+            await asyncio.sleep(0.05)
+        assert pool.pids()
+    finally:
+        bridge.close()

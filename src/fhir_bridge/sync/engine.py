@@ -482,7 +482,7 @@ async def sync_source(
         # Everything is searched: a big job. The workers start while the first pages come,
         # not when a search's total first passes `parse_pool_min` (types before it would be
         # checked in-process).
-        await asyncio.to_thread(ingestor.pool.start)
+        ingestor.pool.start(background=True)
     if plans is None and not defer:
         plans = await _decide(cache, source, client)
     # Types are ingested one after the other, in dependency order. Each one's search starts

@@ -331,7 +331,12 @@ class Ingestor:
         found: list[Checked] | None = prechecked.results() if prechecked is not None else None
         if found is not None and len(found) != len(page):
             found = None  # not this page's: check it here
-        profiles = self.policies.get(source, _DEFAULT_POLICY).profiles
+        if found is None:  # checked here, before the store's batch (its lock) is taken
+            profiles = self.policies.get(source, _DEFAULT_POLICY).profiles
+            found = [
+                (findings(resource, expected_type, self.profile_set, profiles), None)
+                for resource in page
+            ]
         lookup = StoreLookup(self.store, source)
         tasks = _PageTasks(self.store, now)
         # (rule id, patient) pairs whose `related` resources changed in this page; evaluated
@@ -345,11 +350,7 @@ class Ingestor:
             quarantined: dict[tuple[str, str], int] = {}  # (type, id) -> its last position
             for position, resource in enumerate(page):
                 result.received += 1
-                known_hash: str | None = None
-                if found is not None:
-                    verdict, known_hash = found[position]
-                else:
-                    verdict = findings(resource, expected_type, self.profile_set, profiles)
+                verdict, known_hash = found[position]
                 if self._admit(source, resource, expected_type, now, result, verdict):
                     admitted.append((position, resource))
                     # (the pool's hash, or now, while the resource is in cache)

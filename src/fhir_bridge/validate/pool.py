@@ -7,8 +7,9 @@ verdict per resource (`Findings`: None for the nearly all that pass) with its co
 The caller keeps its own dicts and applies the source's policy (quarantine or warn) itself,
 so the outcome is that of `findings` and `content_hash` run in-process, in the same order.
 
-Workers start lazily (the first page of a job big enough to pay for them), from a forkserver
-(never a plain fork of a process with threads and an event loop), ignore Ctrl-C (the main
+Workers start lazily (the first page of a job big enough to pay for them, or a sync's first
+load), in a background thread (pages are checked in-process until they are ready), from a
+forkserver (never a plain fork of a process with threads and an event loop), ignore Ctrl-C (the main
 process shuts them down) and exit with it. A page whose chunks a worker could not check (it
 crashed, the pool broke, or it hung: no answer within `page_timeout` seconds, after which
 its workers are killed) is checked in-process with a warning; the next big page starts a
@@ -228,6 +229,7 @@ class ParsePool:
         self._warmup: list[Future[int]] = []
         self._restarts = 0
         self._closed = False
+        self._starting = False  # a background start is running
         self.pages_checked = 0  # pages whose checks the workers did (benchmarks, tests)
 
     @property
@@ -245,10 +247,30 @@ class ParsePool:
             return page_size >= self.min_page
         return max(page_size, job_size) >= self.min_resources
 
-    def start(self) -> None:
-        """Start the workers (no wait); a no-op when started or disabled."""
+    def start(self, *, background: bool = False) -> None:
+        """Start the workers (without waiting for them to be ready); a no-op when started or
+        disabled. Starting takes a while (the first pool of a process starts the forkserver,
+        which imports the R4B models): `background` does it in a thread, and pages are checked
+        in-process meanwhile instead of waiting."""
+        if not background:
+            with self._lock:
+                self._start()
+            return
         with self._lock:
-            self._start()
+            if self._executor is not None or self._starting or not self.enabled:
+                return
+            self._starting = True
+        threading.Thread(target=self._start_quietly, name="parse-pool-start", daemon=True).start()
+
+    def _start_quietly(self) -> None:
+        try:
+            with self._lock:
+                self._start()
+        except Exception as exc:  # no process could start (limits, no /tmp...): never fatal
+            with self._lock:
+                self._broken(exc, 0, start_failed=True)
+        finally:
+            self._starting = False
 
     def _start(self) -> ProcessPoolExecutor | None:
         if self._executor is None and self.enabled:
@@ -288,14 +310,13 @@ class ParsePool:
     ) -> PendingCheck | None:
         """Send a page's checks to the workers; None when the page is to be checked in-process
         (pool off, job too small, workers still starting, pool broken)."""
-        if not self.wanted(len(resources), job_size):
+        if not self.wanted(len(resources), job_size) or self._starting:
+            return None
+        if self._executor is None:
+            self.start(background=True)  # this page is checked in-process meanwhile
             return None
         with self._lock:
-            try:
-                executor = self._start()
-            except Exception as exc:  # no process could start (limits, no /tmp...): never fatal
-                self._broken(exc, len(resources), start_failed=True)
-                return None
+            executor = self._executor
             if executor is None or not self.ready():
                 return None
             failure = next((e for f in self._warmup if (e := f.exception()) is not None), None)

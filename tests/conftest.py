@@ -1,13 +1,19 @@
 """Shared fixtures: the real SEKMET servers (tests/sandbox_fixtures.py) and small helpers."""
 
 import logging
+import os
 from collections.abc import Iterator
 
 import pytest
 import structlog
 
+from fhir_bridge import gctune
 from fhir_bridge.store.sqlite import SqliteStore
 from tests.sandbox_fixtures import sekmet_factory, sekmet_url  # noqa: F401
+
+# The CLI commands the tests invoke in this process would freeze the test process's heap
+# (gctune.settle) again and again; tests/test_gctune.py runs it in child processes instead.
+os.environ.setdefault(gctune.ENV, "0")
 
 
 @pytest.fixture

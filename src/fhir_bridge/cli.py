@@ -7,7 +7,6 @@ non-zero exit. The work happens in `runtime.Bridge`.
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import os
 import signal
@@ -23,7 +22,7 @@ import uvicorn
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fhir_bridge import cli_ingest, cli_init
+from fhir_bridge import cli_ingest, cli_init, gctune
 from fhir_bridge.cli_auth import auth_app
 from fhir_bridge.cli_outbox import outbox_app
 from fhir_bridge.cli_patients import patients_app
@@ -134,6 +133,7 @@ def sync(
     if source is not None:
         settings.source(source)  # KeyError -> reported by main()
     bridge = Bridge(settings)
+    gctune.settle()
     try:
         if once:
             if not _print_reports(_sync_with_progress(bridge, full=full, only=source)):
@@ -190,7 +190,7 @@ def serve(workers: WorkersOpt = None) -> None:
         bridge.close()
         _serve_workers(settings, count)
         return
-    gc.freeze()  # see api.main.app_from_environment
+    gctune.settle()
     try:
         asyncio.run(_until_interrupted(bridge, serve=True, sync=False, writeback=False))
     finally:
@@ -221,6 +221,7 @@ def run() -> None:
     settings = _settings()
     settings.auth.check_configured()  # before anything syncs, not at the first request
     bridge = Bridge(settings)
+    gctune.settle()
     api = bridge.settings.api
     err.print(f"fhir_bridge API on http://{api.host}:{api.port}/queues (docs at /docs)")
     try:
@@ -256,6 +257,7 @@ def demo(
         for stale in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
             stale.unlink(missing_ok=True)
         bridge = Bridge(settings)
+        gctune.settle()
         try:
             _print_reports(_sync_with_progress(bridge, full=True, only=None))
             api = settings.api

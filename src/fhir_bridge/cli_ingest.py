@@ -22,6 +22,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from fhir_bridge import gctune
 from fhir_bridge.config import Settings, load_settings
 from fhir_bridge.errors import FhirBridgeError
 from fhir_bridge.logging import configure_logging
@@ -109,6 +110,7 @@ def ingest(
         err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(2) from None
     bridge = Bridge(_settings(config, err))
+    gctune.settle()
     try:
         with _bar(err, progress, "resources") as bar:
             task = bar.add_task("ingest", total=None, count=0) if bar else None
@@ -182,6 +184,7 @@ def export(
         err.print(f"error: {exc}", highlight=False, markup=False)
         raise typer.Exit(2) from None
     bridge = Bridge(settings)
+    gctune.settle()
     try:
         with _bar(err, progress, "resources") as bar:
             ids: dict[str, Any] = {}

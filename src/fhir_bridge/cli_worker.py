@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from fhir_bridge import gctune
 from fhir_bridge.config import Settings, load_settings
 from fhir_bridge.errors import ConfigError, StoreError
 from fhir_bridge.logging import configure_logging
@@ -148,6 +149,7 @@ async def _run_worker(
     bridge = await open_with_retry(lambda: Bridge(settings), stop, options.max_backoff)
     if bridge is None:
         return
+    gctune.settle()
     try:
         await Worker(bridge, lease_manager(bridge.store, owner), role, options).run(stop)
     finally:

@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from fhir_bridge import cli
+from fhir_bridge import cli, gctune
 from fhir_bridge.api.main import app_from_environment
 from fhir_bridge.config import CONFIG_ENV, ApiConfig
 from fhir_bridge.store.sqlite import SqliteStore
@@ -52,15 +52,18 @@ def write_config(tmp_path: Path, port: int = 8080, extra: str = "") -> Path:
 
 @pytest.fixture(autouse=True)
 def _unfrozen() -> Iterator[None]:
-    """`serve` and the app factory freeze the collector's view of startup objects (gc.freeze);
-    give this test process its collector back."""
+    """`serve` and the app factory freeze the collector's view of startup objects and raise its
+    young threshold (gctune.settle); give this test process its collector back."""
+    threshold = gc.get_threshold()
     yield
     gc.unfreeze()
+    gc.set_threshold(*threshold)
 
 
 def test_app_factory_freezes_startup_objects(tmp_path, monkeypatch):
     """After the factory, the objects built at startup are out of the collector's sight."""
     monkeypatch.setenv(CONFIG_ENV, str(write_config(tmp_path)))
+    monkeypatch.setenv(gctune.ENV, "1")  # tests/conftest.py switches it off
     gc.unfreeze()
     app = app_from_environment()
     assert gc.get_freeze_count() > 10_000

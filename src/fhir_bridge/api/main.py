@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,6 +13,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import RedirectResponse
 
+from fhir_bridge import gctune
 from fhir_bridge.api import errors
 from fhir_bridge.api.access import guard
 from fhir_bridge.api.audit import AuditMiddleware
@@ -141,5 +141,5 @@ def app_from_environment() -> FastAPI:
     # Everything built so far (rules, profiles, the app: ~140k objects) lives as long as the
     # process: out of the collector's sight, a full collection no longer walks it. Those
     # walks stopped the process ~100 ms each, a few times a minute under load: the p99.
-    gc.freeze()
+    gctune.settle()
     return app

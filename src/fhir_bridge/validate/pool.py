@@ -34,6 +34,7 @@ from typing import Any
 
 import orjson
 
+from fhir_bridge import gctune
 from fhir_bridge.logging import get_logger
 from fhir_bridge.validate.canonical import content_hash
 from fhir_bridge.validate.parse import Issue, is_known_type, validate_resource
@@ -101,9 +102,11 @@ def _init_worker(profile_blob: bytes | None) -> None:
 
 
 def _warm() -> int:
-    """Import the models of the common types; the worker's pid (for tests)."""
+    """Import the models of the common types, then settle the heap (gctune); the worker's
+    pid (for tests)."""
     for rtype in _WARM_TYPES:
         is_known_type(rtype)
+    gctune.settle()
     return os.getpid()
 
 

@@ -96,7 +96,7 @@ class TypeReport:
     result: IngestResult = field(default_factory=IngestResult)
     cursor: str | None = None
     error: str | None = None
-    seconds: float = 0.0
+    seconds: float = 0.0  # its own: not the wait for the type before it (`sync_type` after=)
     new_patients: list[str] = field(default_factory=list)  # Patient ids first stored this run
 
 
@@ -291,7 +291,9 @@ async def _sync_type(
                     if answered is not None:
                         answered.set()
                     if after is not None and not after.done():
+                        waited = time.perf_counter()
                         await asyncio.wait([after])  # its outcome is its own report's
+                        started += time.perf_counter() - waited  # not this type's time
                     page_started = time.perf_counter()
                     report.pages += 1
                     pass_pages += 1

@@ -176,6 +176,17 @@ def test_invalid_resource_mid_page_is_quarantined(ingestor, store):
     assert entry.body == bad
 
 
+def test_resource_the_library_chokes_on_is_quarantined(ingestor, store):
+    """A resource on which fhir.resources itself fails (AttributeError for a number as an
+    Attachment.url) is quarantined; the rest of its page is stored (it stopped the page)."""
+    good = sample("Patient")[:2]
+    odd = {**copy.deepcopy(good[0]), "id": "odd-1", "photo": [{"url": 7}]}
+    result = ingestor.ingest(SOURCE, [good[0], odd, good[1]], "Patient")
+    assert (result.received, result.stored, result.quarantined) == (3, 2, 1)
+    (entry,), _ = store.list_quarantine(SOURCE)
+    assert entry.resource_id == "odd-1" and entry.issues[0]["code"] == "exception"
+
+
 def test_every_unidentifiable_entry_of_a_page_is_kept(ingestor, store):
     """Each quarantined entry of a page is listed, including several without an id."""
     page = [{"resourceType": "Appointment", "status": "noshow"}, "junk", 42]

@@ -128,3 +128,13 @@ def test_issues_are_operation_outcome_shaped(patient):
         assert issue["severity"] == "error"
         assert issue["diagnostics"]
     assert_no_value(issues, "1970-02-30")
+
+
+def test_library_crash_on_odd_input_is_an_issue(patient):
+    """fhir.resources raises AttributeError (not a ValidationError) for a number as an
+    Attachment.url: that is one issue, naming no value, not an exception that stops a page."""
+    odd = dict(patient, photo=[{"contentType": "image/png", "url": 4242}])
+    [issue] = validate_resource(odd, "Patient")
+    assert issue["code"] == "exception" and issue["expression"] == "Patient"
+    assert "AttributeError" in issue["diagnostics"]
+    assert_no_value([issue], "4242")

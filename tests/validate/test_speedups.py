@@ -2,8 +2,9 @@
 
 The reference is a child process with the speedups switched off: every HL7 example, the
 sample population, and thousands of broken variants of the examples (each key removed in
-turn, each value nulled, a null put in each list, two values of one choice element) must
-give the same issues, word for word, in both.
+turn, each value nulled, a null put in each list, an unknown key in each object, a number
+for each string, two values of one choice element) must give the same issues, word for
+word, in both.
 """
 
 from __future__ import annotations
@@ -77,8 +78,17 @@ def _at(root: Any, path: tuple[Any, ...]) -> Any:
 
 
 def _variants(resource: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Broken copies of `resource`: each key removed, each value nulled, a null in each list."""
+    """Broken copies of `resource`: each key removed, each value nulled, a null in each list,
+    an unknown key in each object, a number for each string."""
     for path, node in list(_walk(resource)):
+        if isinstance(node, dict):
+            broken = copy.deepcopy(resource)
+            _at(broken, path)["bogus"] = 1
+            yield broken
+        if isinstance(node, str) and path and path[-1] != "resourceType":
+            broken = copy.deepcopy(resource)
+            _at(broken, path[:-1])[path[-1]] = 7
+            yield broken
         if isinstance(node, list):
             broken = copy.deepcopy(resource)
             _at(broken, path).append(None)

@@ -99,4 +99,17 @@ def validate_resource(resource: Any, expected_type: str | None = None) -> list[I
             if "is required" in err["msg"]:  # fhir.resources' own check for 1..1 elements
                 code = "required"
             issues.append(_issue(code, _expression(rtype, tuple(err["loc"])), err["msg"]))
+    except Exception as exc:  # the library's own failure on odd input
+        # fhir_core 1.1.12 raises AttributeError for a number where a `url` string belongs
+        # (Attachment.url: it calls .startswith on it). One bad resource must not stop its
+        # page: it is quarantined like any other. The message is the exception's type only
+        # (its text may quote the value).
+        issues.append(
+            _issue(
+                "exception",
+                rtype,
+                f"fhir.resources could not check this resource ({type(exc).__name__}); "
+                "a value has the wrong JSON type",
+            )
+        )
     return issues

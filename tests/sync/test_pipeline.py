@@ -287,3 +287,51 @@ async def test_next_type_is_fetched_while_the_one_before_is_ingested():
         first_request = events.index(("request", after))
         assert first_request < last_ingest, f"{after} waited for {before} to be ingested"
     store.close()
+
+
+async def test_a_type_that_raises_stops_the_run_before_the_next_is_ingested():
+    """An ingest that raises (not a reported error: a failing store) ends the run with that
+    error, as when types ran one after the other; the next type, already fetching, ingests
+    nothing."""
+    events: list[tuple[str, str]] = []
+
+    class _Failing(_TimedIngestor):
+        def ingest(self, source, resources, expected_type, *args, **kwargs):
+            """Patient pages fail, after a while (the next type's search runs meanwhile)."""
+            if expected_type == "Patient":
+                time.sleep(0.1)
+                raise RuntimeError("disk full")
+            return super().ingest(source, resources, expected_type, *args, **kwargs)
+
+    def coverage(request: httpx.Request) -> httpx.Response:
+        events.append(("request", "Coverage"))
+        resource = {
+            "resourceType": "Coverage",
+            "id": "c1",
+            "status": "active",
+            "meta": {"lastUpdated": _stamp(1)},
+            "beneficiary": {"reference": "Patient/p1"},
+            "payor": [{}],
+        }
+        return httpx.Response(
+            200,
+            json={"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": resource}]},
+        )
+
+    store = SqliteStore(":memory:")
+    ingestor = _Failing(store, events)
+    types = ("Patient", "Coverage")
+    source = SourceConfig(
+        name="ehr", base_url=BASE, resource_types=types, page_size=3, sync_strategy="last-updated"
+    )
+    assert dependency_order(types, ingestor.rules) == ["Patient", "Coverage"]
+    with respx.mock(base_url=BASE, assert_all_called=False) as api:
+        _pages_route(api)
+        api.get("/Coverage").mock(side_effect=coverage)
+        async with FhirClient(BASE) as client:
+            with pytest.raises(RuntimeError, match="disk full"):
+                await sync_source(source, client, ingestor)
+    assert ("request", "Coverage") in events
+    assert ("ingest-start", "Coverage") not in events
+    assert store.resource_counts("ehr") == {}
+    store.close()

@@ -294,6 +294,10 @@ async def _sync_type(
                         waited = time.perf_counter()
                         await asyncio.wait([after])  # its outcome is its own report's
                         started += time.perf_counter() - waited  # not this type's time
+                    if after is not None and (after.cancelled() or after.exception()):
+                        # The type before raised (not a reported error): the run stops
+                        # there, as it did when types ran one after the other.
+                        raise asyncio.CancelledError
                     page_started = time.perf_counter()
                     report.pages += 1
                     pass_pages += 1

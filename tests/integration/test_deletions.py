@@ -91,9 +91,16 @@ async def test_run_loops_reconcile_on_their_interval(seeded_url, tmp_path):
             gone = await http.delete(f"{seeded_url}/{victim.focus_type}/{victim.focus_id}")
             assert gone.status_code in (200, 204)
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if bridge.store.get_task(victim.id).status is TaskStatus.CANCELLED:
-                break
+
+        def done() -> bool:
+            # The task is closed first, then the resource removed (a crash in between leaves
+            # the resource for the next reconciliation to find): wait for both.
+            cancelled = bridge.store.get_task(victim.id).status is TaskStatus.CANCELLED
+            return cancelled and not bridge.store.get_resource(
+                "sekmet", victim.focus_type, victim.focus_id
+            )
+
+        while time.monotonic() < deadline and not done():
             await asyncio.sleep(0.1)
         assert bridge.store.get_task(victim.id).status is TaskStatus.CANCELLED
         assert bridge.store.get_resource("sekmet", victim.focus_type, victim.focus_id) is None

@@ -146,7 +146,7 @@ def install() -> bool:
                 # What model_validate does through the model's __init__ (which only looks
                 # for a resource type), without the detour: one call into pydantic-core
                 # instead of two, and the after validator once instead of twice.
-                element = object.__new__(model_klass)
+                element = model_klass.__new__(model_klass)
                 value = model_klass.__pydantic_validator__.validate_python(
                     value, self_instance=element
                 )

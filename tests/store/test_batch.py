@@ -9,11 +9,15 @@ import json
 from dataclasses import replace
 from datetime import datetime, timedelta
 
+from fhir_bridge.mapping.engine import RuleSet
 from fhir_bridge.store.base import QuarantineEntry
 from fhir_bridge.store.sqlite import SqliteStore
-from fhir_bridge.tasks.model import Priority, TaskChange, TaskEvent, TaskStatus
+from fhir_bridge.sync.ingest import Ingestor
+from fhir_bridge.tasks.model import Priority, TaskChange, TaskEvent, TaskStatus, task_id
+from fhir_bridge.tasks.service import TaskService
+from fhir_bridge.validate.canonical import content_hash
 from tests.store.test_conformance import run_together
-from tests.utils import NOW, make_draft
+from tests.utils import NOW, ROOT, make_draft, sample
 
 SOURCE = "main-ehr"
 
@@ -307,3 +311,29 @@ def test_rules_with_tasks_names_rules_with_a_task_of_the_source(engine_store):
     store.upsert_tasks(page_of_drafts(1), NOW)  # rule-0 only
     assert store.rules_with_tasks(SOURCE, "Appointment", ["rule-0", "rule-1"]) == {"rule-0"}
     assert store.rules_with_tasks(SOURCE, "Appointment", []) == set()
+
+
+def test_resources_of_a_page_killed_before_its_tasks_are_mapped_again(engine_store):
+    """A process dies after a page's resources are written and before their tasks are: when
+    the page comes again (its cursor did not move), the resources count as changed and their
+    rules run, on either engine (SQLite: the batch rolls back; Redis: `mark_mapped` was never
+    called). Once mapped, the same page is unchanged."""
+    store = engine_store
+    page = [m for m in sample("MedicationStatement") if m["status"] == "active"][:5]
+    assert page
+    try:
+        with store.batch():
+            store.put_resources("ehr", [(r, content_hash(r)) for r in page], unmapped=True)
+            raise RuntimeError("killed")  # before any task was written
+    except RuntimeError:
+        pass
+    ingestor = Ingestor(
+        store, RuleSet.load(ROOT / "mappings"), TaskService(store, lambda: NOW, []), lambda: NOW
+    )
+    result = ingestor.ingest("ehr", page, "MedicationStatement", initial=True)
+    assert result.stored == len(page)
+    for statement in page:
+        tid = task_id("medication-reconciliation", "ehr", "MedicationStatement", statement["id"])
+        assert store.get_task(tid) is not None
+    again = ingestor.ingest("ehr", page, "MedicationStatement", initial=True)
+    assert (again.stored, again.unchanged) == (0, len(page))

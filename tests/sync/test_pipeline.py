@@ -67,12 +67,12 @@ class _RecordingStore(SqliteStore):
         self.puts = 0
         self.fail_on_call = fail_on_call
 
-    def put_resources(self, source, items):
+    def put_resources(self, source, items, **options):
         """Count the page; fail the chosen one."""
         self.puts += 1
         if self.puts == self.fail_on_call:
             raise RuntimeError("disk full")
-        return super().put_resources(source, items)
+        return super().put_resources(source, items, **options)
 
     def set_cursor(self, source, key, value):
         """Note what is stored when the Patient cursor moves."""

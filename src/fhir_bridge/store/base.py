@@ -287,13 +287,35 @@ class Store(abc.ABC):
         :returns: False when the stored content hash is the same (nothing written).
         """
 
-    def put_resources(self, source: str, items: Sequence[tuple[dict[str, Any], str]]) -> list[bool]:
+    def put_resources(
+        self,
+        source: str,
+        items: Sequence[tuple[dict[str, Any], str]],
+        *,
+        unmapped: bool = False,
+    ) -> list[bool]:
         """`put_resource` for each (resource, content hash) in order, as one batch of writes.
 
+        :param unmapped: the caller runs the resources' rules next and calls `mark_mapped`
+            after (ingest); engines that need it keep a mark until then (see there).
         :returns: for each item, whether it was written (False: same hash as stored, or as
-            an earlier item of the batch with the same type and id).
+            an earlier item of the batch with the same type and id; a resource still marked
+            unmapped is written again).
         """
         return [self.put_resource(source, resource, digest) for resource, digest in items]
+
+    def mark_mapped(self, source: str, keys: Sequence[tuple[str, str]]) -> None:
+        """The rules of these (type, id) resources, just written by `put_resources(...,
+        unmapped=True)`, have run and their tasks are written.
+
+        An engine whose `batch` is one transaction needs nothing here (this default): a
+        crash rolls the resources back with their tasks. One that writes a page's resources
+        and its tasks separately (Redis) marks resources as not yet mapped when it writes
+        them and clears the mark here, so a resource stored by a process killed before its
+        tasks were written counts as changed, not as unchanged, when it comes again (the
+        cursor did not move past its page): its rules run then.
+        """
+        return None
 
     @abc.abstractmethod
     def get_resource(

@@ -418,7 +418,9 @@ class _ResourceWrite:
     terms: tuple[str, ...]  # a Patient's search terms (`patients.terms`)
 
     @classmethod
-    def of(cls, k: Keys, source: str, resource: dict[str, Any], digest: str) -> _ResourceWrite:
+    def of(
+        cls, k: Keys, source: str, resource: dict[str, Any], digest: str, unmapped: bool = False
+    ) -> _ResourceWrite:
         rtype, rid = resource["resourceType"], resource["id"]
         meta = resource.get("meta") or {}
         patient = patient_reference(resource)
@@ -433,6 +435,7 @@ class _ResourceWrite:
                 "last_updated": meta.get("lastUpdated"),
                 "stored_at": _ts(datetime.now(UTC)),
                 "patient": patient,
+                "unmapped": "1" if unmapped else None,  # until `mark_mapped`: rules not run
             }
         )
         idents = tuple(_patient_identifiers(resource)) if rtype == "Patient" else ()
@@ -574,36 +577,43 @@ class RedisStore(Store):
         return self.put_resources(source, [(resource, content_hash)])[0]
 
     @_translate
-    def put_resources(self, source: str, items: Sequence[tuple[dict[str, Any], str]]) -> list[bool]:
+    def put_resources(
+        self,
+        source: str,
+        items: Sequence[tuple[dict[str, Any], str]],
+        *,
+        unmapped: bool = False,
+    ) -> list[bool]:
         # One transaction for a page: WATCH its keys, read what is stored in one pipelined
         # round trip (after the WATCH, so a concurrent write still aborts EXEC), queue every
         # write, EXEC once. One round trip per resource made Redis ingest ~3x slower.
         if not items:
             return []
-        writes = [_ResourceWrite.of(self.keys, source, r, digest) for r, digest in items]
+        writes = [_ResourceWrite.of(self.keys, source, r, d, unmapped) for r, d in items]
         keys = list(dict.fromkeys(w.key for w in writes))
 
         def body(pipe: Pipeline) -> Finish[list[bool]]:
             with self._redis.pipeline(transaction=False) as reads:
                 for key in keys:
-                    reads.hmget(key, ["hash", "patient", "identifiers", "terms"])
+                    reads.hmget(key, ["hash", "patient", "identifiers", "terms", "unmapped"])
                 stored = dict(zip(keys, cast(list[list[str | None]], reads.execute()), strict=True))
             pipe.multi()
             done = []
             new_ids: dict[str, dict[str, int]] = {}  # per type, the page's new resource ids
             for w in writes:
-                old_hash, old_patient, old_idents, old_terms = stored[w.key]
-                if old_hash == w.digest:
+                old_hash, old_patient, old_idents, old_terms, unmapped = stored[w.key]
+                if old_hash == w.digest and unmapped is None:
                     done.append(False)
                     continue
                 w.queue(pipe, self.keys, old_hash, old_patient, old_idents, old_terms)
                 if old_hash is None:
                     new_ids.setdefault(w.rtype, {})[w.rid] = 0
-                stored[w.key] = [
+                stored[w.key] = [  # a later copy in the page: mapped with this one
                     w.digest,
                     w.patient,
                     w.fields.get("identifiers"),
                     w.fields.get("terms"),
+                    None,
                 ]
                 done.append(True)
             for rtype, ids in new_ids.items():
@@ -614,6 +624,15 @@ class RedisStore(Store):
             return lambda _: done
 
         return self._atomic(body, *keys)
+
+    @_translate
+    def mark_mapped(self, source: str, keys: Sequence[tuple[str, str]]) -> None:
+        if not keys:
+            return
+        with self._redis.pipeline(transaction=False) as writes:
+            for rtype, rid in keys:  # HDEL of a resource deleted meanwhile creates nothing
+                writes.hdel(self.keys.resource(source, rtype, rid), "unmapped")
+            writes.execute()
 
     @_translate
     def resource_hashes(

@@ -456,7 +456,13 @@ class SqliteStore(Store):
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite write failed: {exc}") from exc
 
-    def put_resources(self, source: str, items: Sequence[tuple[dict[str, Any], str]]) -> list[bool]:
+    def put_resources(
+        self,
+        source: str,
+        items: Sequence[tuple[dict[str, Any], str]],
+        *,
+        unmapped: bool = False,  # nothing to mark: `batch` is one transaction with the tasks
+    ) -> list[bool]:
         if not items:
             return []
         wanted: dict[str, list[str]] = {}

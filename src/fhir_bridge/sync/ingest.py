@@ -363,7 +363,7 @@ class Ingestor:
             # reads other resources sees the whole page stored (and `dependents` below
             # re-evaluates the rules that read this page's types, as before).
             written = self.store.put_resources(
-                source, [(r, h) for (_, r), h in zip(admitted, hashes, strict=True)]
+                source, [(r, h) for (_, r), h in zip(admitted, hashes, strict=True)], unmapped=True
             )
             stored = [(p, r) for (p, r), w in zip(admitted, written, strict=True) if w]
             result.stored += len(stored)
@@ -387,6 +387,8 @@ class Ingestor:
                         rule, source, other, now, lookup, tasks, result, focus_changed=False
                     )
             tasks.settle(result)
+            # Only now is the page's mapping complete (see Store.mark_mapped).
+            self.store.mark_mapped(source, [(r["resourceType"], r["id"]) for _, r in stored])
         return result
 
     def _prefetch(self, source: str, page: list[Any], tasks: _PageTasks) -> None:

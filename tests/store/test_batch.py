@@ -337,3 +337,27 @@ def test_resources_of_a_page_killed_before_its_tasks_are_mapped_again(engine_sto
         assert store.get_task(tid) is not None
     again = ingestor.ingest("ehr", page, "MedicationStatement", initial=True)
     assert (again.stored, again.unchanged) == (0, len(page))
+
+
+def test_a_new_resource_of_a_killed_page_is_still_new_when_it_comes_again(engine_store):
+    """Killed after writing a page of Patients new to the store, before their tasks: on the
+    retry they are still new (`trigger: new` intake reviews open), on either engine."""
+    store = engine_store
+    alive = [p for p in sample("Patient") if not any(k.startswith("deceased") for k in p)][:3]
+    assert alive
+    try:
+        with store.batch():
+            store.put_resources("ehr", [(r, content_hash(r)) for r in alive], unmapped=True)
+            raise RuntimeError("killed")
+    except RuntimeError:
+        pass
+    assert store.resource_hashes("ehr", "Patient", [p["id"] for p in alive]) == {}
+    ingestor = Ingestor(
+        store, RuleSet.load(ROOT / "mappings"), TaskService(store, lambda: NOW, []), lambda: NOW
+    )
+    ingestor.ingest("ehr", alive, "Patient", initial=False)  # not a first load
+    for patient in alive:
+        assert store.get_task(task_id("intake-review", "ehr", "Patient", patient["id"]))
+    assert set(store.resource_hashes("ehr", "Patient", [p["id"] for p in alive])) == {
+        p["id"] for p in alive
+    }

@@ -313,7 +313,8 @@ class Store(abc.ABC):
         and its tasks separately (Redis) marks resources as not yet mapped when it writes
         them and clears the mark here, so a resource stored by a process killed before its
         tasks were written counts as changed, not as unchanged, when it comes again (the
-        cursor did not move past its page): its rules run then.
+        cursor did not move past its page): its rules run then, and one that was new then
+        is still new (`resource_hashes` leaves it out: `trigger: new` rules fire).
         """
         return None
 
@@ -326,7 +327,8 @@ class Store(abc.ABC):
     def resource_hashes(
         self, source: str, resource_type: str, resource_ids: Sequence[str]
     ) -> dict[str, str]:
-        """The content hashes of those of `resource_ids` that are stored, by id.
+        """The content hashes of those of `resource_ids` that are stored, by id (not one
+        whose first ingest was cut off before `mark_mapped`: it is still new).
 
         Batched reads for a page of ingest; engines answer in one round trip where they can
         (this default asks `get_resource` for each).

@@ -418,9 +418,7 @@ class _ResourceWrite:
     terms: tuple[str, ...]  # a Patient's search terms (`patients.terms`)
 
     @classmethod
-    def of(
-        cls, k: Keys, source: str, resource: dict[str, Any], digest: str, unmapped: bool = False
-    ) -> _ResourceWrite:
+    def of(cls, k: Keys, source: str, resource: dict[str, Any], digest: str) -> _ResourceWrite:
         rtype, rid = resource["resourceType"], resource["id"]
         meta = resource.get("meta") or {}
         patient = patient_reference(resource)
@@ -435,7 +433,6 @@ class _ResourceWrite:
                 "last_updated": meta.get("lastUpdated"),
                 "stored_at": _ts(datetime.now(UTC)),
                 "patient": patient,
-                "unmapped": "1" if unmapped else None,  # until `mark_mapped`: rules not run
             }
         )
         idents = tuple(_patient_identifiers(resource)) if rtype == "Patient" else ()
@@ -455,9 +452,11 @@ class _ResourceWrite:
         old_patient: str | None,
         old_idents: str | None,
         old_terms: str | None,
+        unmapped: str | None = None,
     ) -> None:
         """Queue the writes (inside MULTI) over what was stored before; a new resource's
-        count, id index and source entry are left to the caller (one command per page)."""
+        count, id index and source entry are left to the caller (one command per page).
+        `unmapped`: the mark `Store.mark_mapped` clears ("new" or "changed"), if any."""
         member, record = f"{self.rtype}/{self.rid}", f"{self.source}/{self.rid}"
         for ident in set(json.loads(old_idents or "[]")) - set(self.idents):
             pipe.srem(k.patient_identifier(ident), record)
@@ -475,6 +474,8 @@ class _ResourceWrite:
         if old_hash is not None:  # no stale field may survive (a new one has no key yet)
             pipe.delete(self.key)
         _hset(pipe, self.key, self.fields)
+        if unmapped is not None:
+            pipe.hset(self.key, "unmapped", unmapped)
 
 
 class RedisStore(Store):
@@ -589,7 +590,7 @@ class RedisStore(Store):
         # write, EXEC once. One round trip per resource made Redis ingest ~3x slower.
         if not items:
             return []
-        writes = [_ResourceWrite.of(self.keys, source, r, d, unmapped) for r, d in items]
+        writes = [_ResourceWrite.of(self.keys, source, r, digest) for r, digest in items]
         keys = list(dict.fromkeys(w.key for w in writes))
 
         def body(pipe: Pipeline) -> Finish[list[bool]]:
@@ -601,11 +602,14 @@ class RedisStore(Store):
             done = []
             new_ids: dict[str, dict[str, int]] = {}  # per type, the page's new resource ids
             for w in writes:
-                old_hash, old_patient, old_idents, old_terms, unmapped = stored[w.key]
-                if old_hash == w.digest and unmapped is None:
+                old_hash, old_patient, old_idents, old_terms, mark = stored[w.key]
+                if old_hash == w.digest and mark is None:
                     done.append(False)
                     continue
-                w.queue(pipe, self.keys, old_hash, old_patient, old_idents, old_terms)
+                # "new" until mapped, also on a retry: its `trigger: new` rules are still due.
+                new = old_hash is None or mark == "new"
+                mark = ("new" if new else "changed") if unmapped else None
+                w.queue(pipe, self.keys, old_hash, old_patient, old_idents, old_terms, mark)
                 if old_hash is None:
                     new_ids.setdefault(w.rtype, {})[w.rid] = 0
                 stored[w.key] = [  # a later copy in the page: mapped with this one
@@ -641,9 +645,14 @@ class RedisStore(Store):
         ids = list(dict.fromkeys(resource_ids))
         with self._redis.pipeline(transaction=False) as reads:
             for rid in ids:
-                reads.hget(self.keys.resource(source, resource_type, rid), "hash")
-            hashes = cast(list[str | None], reads.execute()) if ids else []
-        return {rid: h for rid, h in zip(ids, hashes, strict=True) if h is not None}
+                reads.hmget(self.keys.resource(source, resource_type, rid), ["hash", "unmapped"])
+            found = cast(list[list[str | None]], reads.execute()) if ids else []
+        # A resource whose first ingest never finished (marked "new") is not known yet.
+        return {
+            rid: h
+            for rid, (h, mark) in zip(ids, found, strict=True)
+            if h is not None and mark != "new"
+        }
 
     @_translate
     def delete_resource(self, source: str, resource_type: str, resource_id: str) -> bool:

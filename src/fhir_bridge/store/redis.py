@@ -601,13 +601,16 @@ class RedisStore(Store):
             pipe.multi()
             done = []
             new_ids: dict[str, dict[str, int]] = {}  # per type, the page's new resource ids
+            fresh: set[str] = set()  # keys written as new by this page
             for w in writes:
                 old_hash, old_patient, old_idents, old_terms, mark = stored[w.key]
                 if old_hash == w.digest and mark is None:
                     done.append(False)
                     continue
                 # "new" until mapped, also on a retry: its `trigger: new` rules are still due.
-                new = old_hash is None or mark == "new"
+                new = old_hash is None or mark == "new" or w.key in fresh
+                if new:
+                    fresh.add(w.key)  # a later, different copy in the page stays new
                 mark = ("new" if new else "changed") if unmapped else None
                 w.queue(pipe, self.keys, old_hash, old_patient, old_idents, old_terms, mark)
                 if old_hash is None:

@@ -482,13 +482,18 @@ async def sync_source(
     # /metadata (nor lets a failing /metadata trip the breaker first): it reads it afterwards.
     # Its incremental cursor (highest lastUpdated, before the run's start) is a safe start
     # for a created-date plan too.
-    first = await _first_load(source, ingestor)
-    defer = plans is None and source.sync_strategy == "auto" and first
-    if (first or full) and ingestor.pool is not None and ingestor.pool.enabled:
+    auto = plans is None and source.sync_strategy == "auto"
+    pool = ingestor.pool if ingestor.pool is not None and ingestor.pool.enabled else None
+    idle_pool = pool is not None and not full and not pool.ready()
+    # The cursors are read only when the answer matters (not on every poll of a running
+    # bridge whose plans are known and whose pool is up, or absent).
+    first = (auto or idle_pool) and await _first_load(source, ingestor)
+    defer = auto and first
+    if pool is not None and (first or full):
         # Everything is searched: a big job. The workers start while the first pages come,
         # not when a search's total first passes `parse_pool_min` (types before it would be
         # checked in-process).
-        ingestor.pool.start(background=True)
+        pool.start(background=True)
     if plans is None and not defer:
         plans = await _decide(cache, source, client)
     # Types are ingested one after the other, in dependency order. Each one's search starts

@@ -313,6 +313,28 @@ def test_rules_with_tasks_names_rules_with_a_task_of_the_source(engine_store):
     assert store.rules_with_tasks(SOURCE, "Appointment", []) == set()
 
 
+def test_rules_with_tasks_on_some_resources_names_at_least_theirs(engine_store):
+    """Asked about some resources, an engine names every rule with a task on one of them (it
+    may name more: Redis has no index by resource, and answers for the type)."""
+    store = engine_store
+    store.upsert_tasks(page_of_drafts(2), NOW)  # rule-0 on a0, rule-1 on a1
+    rules = ["rule-0", "rule-1", "rule-2"]
+    assert store.rules_with_tasks(SOURCE, "Appointment", rules, ["a0"]) >= {"rule-0"}
+    assert store.rules_with_tasks(SOURCE, "Appointment", rules, ["a0", "a1", "a9"]) == {
+        "rule-0",
+        "rule-1",
+    }
+    assert store.rules_with_tasks("other", "Appointment", rules, ["a0", "a1"]) <= {
+        "rule-0",
+        "rule-1",
+    }
+    if isinstance(store, SqliteStore):  # exact: the (rule, source, type, focus) index
+        assert store.rules_with_tasks(SOURCE, "Appointment", rules, ["a1"]) == {"rule-1"}
+        assert store.rules_with_tasks(SOURCE, "Appointment", rules, ["a9"]) == set()
+        many = [f"x{i}" for i in range(2000)] + ["a0"]  # more than one IN chunk
+        assert store.rules_with_tasks(SOURCE, "Appointment", rules, many) == {"rule-0"}
+
+
 def test_resources_of_a_page_killed_before_its_tasks_are_mapped_again(engine_store):
     """A process dies after a page's resources are written and before their tasks are: when
     the page comes again (its cursor did not move), the resources count as changed and their

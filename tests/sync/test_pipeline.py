@@ -1,6 +1,6 @@
-"""Sync fetches page N+1 while page N is ingested, and the next type while the one before
-is ingested: pages in order, at most one ahead, ingests in dependency order, and a cursor
-that moves only past pages stored (respx, no server)."""
+"""Sync fetches the next pages while page N is ingested, and the next type while the one
+before is ingested: pages in order, at most `depth` ahead, ingests in dependency order, and a
+cursor that moves only past pages stored (respx, no server)."""
 
 from __future__ import annotations
 
@@ -58,6 +58,22 @@ def _pages_route(api: respx.Router, fail_page: int | None = None) -> respx.Route
     return api.get("/Patient").mock(side_effect=answer)
 
 
+def _coverage_page() -> httpx.Response:
+    """A search page of one Coverage (of Patient p1)."""
+    resource = {
+        "resourceType": "Coverage",
+        "id": "c1",
+        "status": "active",
+        "meta": {"lastUpdated": _stamp(1)},
+        "beneficiary": {"reference": "Patient/p1"},
+        "payor": [{}],
+    }
+    return httpx.Response(
+        200,
+        json={"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": resource}]},
+    )
+
+
 class _RecordingStore(SqliteStore):
     """Records, at each cursor move, which patients were stored; can fail a page's writes."""
 
@@ -108,6 +124,29 @@ async def test_prefetch_keeps_order_and_fetches_at_most_one_page_ahead():
         assert max(asked) <= page.number + 1
         seen.append(page.number)
     assert seen == [1, 2, 3, 4, 5, 6]
+
+
+async def test_prefetch_runs_depth_pages_ahead_once_deepened():
+    """One page ahead until `deepen` is set (a type waiting for the one before it), then
+    `depth`: the fetch of page N+2 runs while page N is processed, never N+3."""
+    asked: list[int] = []
+    deepen, exhausted = asyncio.Event(), asyncio.Event()
+
+    async def pages() -> AsyncIterator[Page]:
+        for n in range(1, 9):
+            asked.append(n)
+            await asyncio.sleep(0)
+            yield Page([{"n": n}], [], n, None)
+
+    ahead_while = {}
+    async for page in _prefetched(pages(), depth=2, deepen=deepen, exhausted=exhausted):
+        await asyncio.sleep(0.01)  # processing: the fetches ahead run meanwhile
+        ahead_while[page.number] = max(asked) - page.number
+        if page.number == 3:
+            deepen.set()
+        assert not exhausted.is_set() or max(asked) == 8
+    assert ahead_while == {1: 1, 2: 1, 3: 1, 4: 2, 5: 2, 6: 2, 7: 1, 8: 0}
+    assert exhausted.is_set()
 
 
 async def test_prefetch_hands_each_page_to_ahead_before_the_caller():
@@ -289,6 +328,46 @@ async def test_next_type_is_fetched_while_the_one_before_is_ingested():
     store.close()
 
 
+async def test_every_cursor_is_read_before_the_first_ingest():
+    """`sync_source` reads all types' cursors at its start: read when each type starts, they
+    waited for the store's writer while the type before was being ingested (SQLite has one
+    connection), and that type's search did not start meanwhile."""
+    events: list[tuple[str, str]] = []
+
+    class _Store(SqliteStore):
+        def get_cursor(self, source, key):
+            """Note the read."""
+            events.append(("cursor-read", key))
+            return super().get_cursor(source, key)
+
+    def coverage(request: httpx.Request) -> httpx.Response:
+        return _coverage_page()
+
+    store = _Store(":memory:")
+    ingestor = _TimedIngestor(store, events)
+    source = SourceConfig(
+        name="ehr",
+        base_url=BASE,
+        resource_types=("Patient", "Coverage"),
+        page_size=3,
+        sync_strategy="last-updated",
+    )
+    for _ in range(2):  # a first load, then a run from the cursors it left
+        events.clear()
+        with respx.mock(base_url=BASE) as api:
+            _pages_route(api)
+            api.get("/Coverage").mock(side_effect=coverage)
+            async with FhirClient(BASE) as client:
+                report = await sync_source(source, client, ingestor)
+        assert report.ok, [t.error for t in report.types]
+        reads = [i for i, e in enumerate(events) if e[0] == "cursor-read"]
+        first_ingest = events.index(("ingest-start", "Patient"))
+        assert {events[i][1] for i in reads} >= {"Patient", "Coverage"}
+        assert max(reads) < first_ingest, events
+    assert store.get_cursor("ehr", "Coverage") == _stamp(1)
+    store.close()
+
+
 async def test_a_type_that_raises_stops_the_run_before_the_next_is_ingested():
     """An ingest that raises (not a reported error: a failing store) ends the run with that
     error, as when types ran one after the other; the next type, already fetching, ingests
@@ -305,18 +384,7 @@ async def test_a_type_that_raises_stops_the_run_before_the_next_is_ingested():
 
     def coverage(request: httpx.Request) -> httpx.Response:
         events.append(("request", "Coverage"))
-        resource = {
-            "resourceType": "Coverage",
-            "id": "c1",
-            "status": "active",
-            "meta": {"lastUpdated": _stamp(1)},
-            "beneficiary": {"reference": "Patient/p1"},
-            "payor": [{}],
-        }
-        return httpx.Response(
-            200,
-            json={"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": resource}]},
-        )
+        return _coverage_page()
 
     store = SqliteStore(":memory:")
     ingestor = _Failing(store, events)

@@ -414,12 +414,20 @@ class Store(abc.ABC):
         tasks together where they can; this default upserts one at a time)."""
         return [self.upsert_task(draft, now) for draft in drafts]
 
-    def rules_with_tasks(self, source: str, focus_type: str, rule_ids: Sequence[str]) -> set[str]:
-        """Those of `rule_ids` with any task on a `focus_type` resource of `source`.
+    def rules_with_tasks(
+        self,
+        source: str,
+        focus_type: str,
+        rule_ids: Sequence[str],
+        focus_ids: Sequence[str] | None = None,
+    ) -> set[str]:
+        """Those of `rule_ids` with any task on a `focus_type` resource of `source` (one of
+        `focus_ids`, when given).
 
-        Ingest skips looking for tasks of the other rules (a first load has none). An engine
-        shared by several writers must not answer from a stale view; this default answers all
-        of them, which only costs ingest that shortcut.
+        Ingest skips looking for tasks of the other rules on a page's resources (a first load
+        has none). An engine may answer more rules than that (all of them, by default: it only
+        costs ingest that shortcut), never fewer; one shared by several writers must not
+        answer from a stale view.
         """
         return set(rule_ids)
 

@@ -1081,11 +1081,18 @@ class RedisStore(Store):
         return {task_id: _task(h) for task_id, h in zip(ids, hashes, strict=True) if h}
 
     @_translate
-    def rules_with_tasks(self, source: str, focus_type: str, rule_ids: Sequence[str]) -> set[str]:
+    def rules_with_tasks(
+        self,
+        source: str,
+        focus_type: str,
+        rule_ids: Sequence[str],
+        focus_ids: Sequence[str] | None = None,
+    ) -> set[str]:
         # The rules with any task at all (`tasks:rule:<rule>`, one EXISTS each, pipelined): a
-        # rule makes tasks on one resource type, but of every source, so this may name a rule
-        # whose tasks are all another source's, which only costs ingest its shortcut. Read
-        # live, never cached: another process may have made the first task a moment ago.
+        # rule makes tasks on one resource type, but of every source, and on any resource (no
+        # index by focus), so this may name a rule whose tasks are all elsewhere, which only
+        # costs ingest its shortcut. Read live, never cached: another process may have made
+        # the first task a moment ago.
         wanted = list(dict.fromkeys(rule_ids))
         if not wanted:
             return set()

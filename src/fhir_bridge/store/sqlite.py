@@ -790,16 +790,35 @@ class SqliteStore(Store):
         with self._lock:
             return self._task_row(self._db, task_id)
 
-    def rules_with_tasks(self, source: str, focus_type: str, rule_ids: Sequence[str]) -> set[str]:
+    def rules_with_tasks(
+        self,
+        source: str,
+        focus_type: str,
+        rule_ids: Sequence[str],
+        focus_ids: Sequence[str] | None = None,
+    ) -> set[str]:
         wanted = list(dict.fromkeys(rule_ids))
         if not wanted:
             return set()
-        rows = self._read(  # the UNIQUE (rule_id, source, focus_type, focus_id) index answers
-            "SELECT DISTINCT rule_id FROM tasks WHERE source=? AND focus_type=? "  # noqa: S608
-            f"AND rule_id IN ({', '.join('?' * len(wanted))})",
-            (source, focus_type, *wanted),
-        )
-        return {r["rule_id"] for r in rows}
+        rules = f"rule_id IN ({', '.join('?' * len(wanted))})"
+        if focus_ids is None:
+            rows = self._read(  # the UNIQUE (rule_id, source, focus_type, focus_id) index
+                f"SELECT DISTINCT rule_id FROM tasks WHERE {rules} "  # noqa: S608
+                "AND source=? AND focus_type=?",
+                (*wanted, source, focus_type),
+            )
+            return {r["rule_id"] for r in rows}
+        found: set[str] = set()
+        ids = list(dict.fromkeys(focus_ids))
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start : start + _IN_CHUNK]
+            rows = self._read(  # the same index, one probe per (rule, id)
+                f"SELECT DISTINCT rule_id FROM tasks WHERE {rules} "  # noqa: S608
+                f"AND source=? AND focus_type=? AND focus_id IN ({', '.join('?' * len(chunk))})",
+                (*wanted, source, focus_type, *chunk),
+            )
+            found.update(r["rule_id"] for r in rows)
+        return found
 
     def get_tasks(self, task_ids: Sequence[str]) -> dict[str, Task]:
         found: dict[str, Task] = {}

@@ -18,6 +18,7 @@ search with a cursor at the previous run's start (misses edits), or a full re-pu
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 import uuid
@@ -54,6 +55,8 @@ PATIENT_SEARCH_TYPES = frozenset(
         "RiskAssessment", "ServiceRequest",
     }
 )  # fmt: skip
+TYPES_AT_ONCE = 2  # types whose searches run at once in `sync_source`
+PREFETCH_DEPTH = 2  # pages a search runs ahead of its ingest (`_prefetched`)
 FIRST_LOAD_SUFFIX = "$first-load"  # cursor key marking a first load not yet complete
 
 # progress(source, resource_type, resources done, total or None)
@@ -146,44 +149,100 @@ def _in_order(resources: list[dict[str, object]], floor: str | None) -> bool:
 
 
 async def _prefetched(
-    pages: AsyncIterator[Page], ahead: Callable[[Page], Awaitable[object]] | None = None
+    pages: AsyncIterator[Page],
+    ahead: Callable[[Page], Awaitable[object]] | None = None,
+    *,
+    depth: int = 1,
+    deepen: asyncio.Event | None = None,
+    exhausted: asyncio.Event | None = None,
 ) -> AsyncGenerator[Page, None]:
-    """Yield `pages`, fetching the next one while the caller processes the current one.
+    """Yield `pages`, fetching the next ones while the caller processes the current one.
 
-    At most one page ahead: the request for page N+1 starts when page N is handed over, and
-    the request for N+2 not before N+1 is (memory stays at two pages whatever the search's
-    size). Ingest (parse, store, rules) runs in a worker thread, so fetching meanwhile
-    overlaps network and server time with our CPU time. Pages come in order; an error
-    fetching page N+1 is raised when the caller asks for it, after page N was processed (and
-    its cursor moved), so a failing page never moves the cursor past itself.
+    At most `depth` pages ahead: while the caller holds page N, pages up to N + `depth` are
+    asked for, and N + `depth` + 1 not before N + 1 is handed over (memory stays at
+    `depth` + 1 pages whatever the search's size). Ingest (parse, store, rules) runs in a
+    worker thread, so fetching meanwhile overlaps network and server time with our CPU time.
+    One page ahead leaves the server idle while the page it just sent is checked; two keep
+    it busy. Pages come in order; an error fetching page N+1 is raised when the caller asks
+    for it, after page N was processed (and its cursor moved), so a failing page never moves
+    the cursor past itself.
 
     :param ahead: called with each page as soon as it arrives, before the caller gets it (the
         parse pool starts on the page meanwhile).
+    :param deepen: one page ahead until this is set, `depth` from then on (a type whose
+        predecessor still fetches holds no more than two pages).
+    :param exhausted: set when every page has come (or the fetch failed).
     """
     iterator = aiter(pages)
+    fetched: collections.deque[Page] = collections.deque()  # not yet handed over
+    taken, arrived = asyncio.Event(), asyncio.Event()
+    failure: list[BaseException] = []
 
-    async def fetch() -> Page | None:
-        page = await anext(iterator, None)
-        if page is not None and ahead is not None:
-            await ahead(page)
-        return page
+    def limit() -> int:
+        return depth if deepen is None or deepen.is_set() else 1
 
-    pending = asyncio.create_task(fetch())
+    async def deepened() -> None:
+        if deepen is not None:
+            await deepen.wait()
+            taken.set()
+
+    async def fetch() -> None:
+        waker = asyncio.create_task(deepened())
+        try:
+            while True:
+                while len(fetched) >= limit():
+                    taken.clear()
+                    await taken.wait()
+                page = await anext(iterator, None)
+                if page is None:
+                    return
+                if ahead is not None:
+                    await ahead(page)
+                fetched.append(page)
+                arrived.set()
+        except Exception as exc:  # raised to the caller when it asks for that page
+            failure.append(exc)
+        finally:
+            waker.cancel()
+            arrived.set()
+            if exhausted is not None:
+                exhausted.set()
+
+    fetcher = asyncio.create_task(fetch())
     try:
-        while (page := await pending) is not None:
-            pending = asyncio.create_task(fetch())
+        while True:
+            while not fetched and not fetcher.done():
+                arrived.clear()
+                await arrived.wait()
+            if not fetched:
+                if failure:
+                    raise failure[0]
+                return
+            page = fetched.popleft()
+            taken.set()
             yield page
     finally:
-        if not pending.done():
-            pending.cancel()
-            # The caller stopped (an error, or it had enough): the page it never asked for,
-            # and that page's error if any, are of no interest.
+        if not fetcher.done():
+            fetcher.cancel()
+            # The caller stopped (an error, or it had enough): the pages it never asked for,
+            # and their errors if any, are of no interest.
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await pending
+                await fetcher
         close = getattr(iterator, "aclose", None)
         if close is not None:
             with contextlib.suppress(Exception):
                 await close()
+
+
+@dataclass
+class Turn:
+    """One type's place in its source's run (`sync_source`): the types' searches overlap, but
+    they are ingested one after the other, in dependency order."""
+
+    after: asyncio.Future[Any] | None = None  # the type before: nothing is ingested until done
+    before_fetched: asyncio.Event | None = None  # the type before has all its pages
+    answered: asyncio.Event = field(default_factory=asyncio.Event)  # this one's first page came
+    fetched: asyncio.Event = field(default_factory=asyncio.Event)  # this one has all its pages
 
 
 async def sync_type(
@@ -196,16 +255,18 @@ async def sync_type(
     progress: Progress | None = None,
     metrics: SyncObserver | None = None,
     plan: TypePlan = INCREMENTAL,
-    after: asyncio.Future[Any] | None = None,
-    answered: asyncio.Event | None = None,
+    turn: Turn | None = None,
+    start: TypeStart | None = None,
 ) -> TypeReport:
     """Pull every resource of `resource_type` changed since the cursor and ingest it.
 
     Every log line of the run (ours, the FHIR client's, ingest's) carries the run's `job_id`.
     :param plan: how changes are found (default: `_lastUpdated`).
-    :param after: the search starts now, but nothing is ingested before this is done (the
-        type before it in dependency order, whose resources this type's rules may read).
-    :param answered: set when the first page has come (or the run ended without one).
+    :param turn: its place among the types of a `sync_source` run: the search starts now,
+        but nothing is ingested before the type before it is done (its resources this type's
+        rules may read); the search runs further ahead once that type has all its pages.
+    :param start: the type's cursor state, read by the caller (`type_starts`); read here if
+        omitted.
     """
     try:
         with structlog.contextvars.bound_contextvars(
@@ -220,12 +281,13 @@ async def sync_type(
                 progress,
                 metrics,
                 plan,
-                after,
-                answered,
+                turn or Turn(),
+                start,
             )
     finally:
-        if answered is not None:
-            answered.set()
+        if turn is not None:
+            turn.answered.set()
+            turn.fetched.set()
     if metrics is not None:
         metrics.observe_sync_run(
             source.name, resource_type, ok=report.error is None, seconds=report.seconds
@@ -240,27 +302,22 @@ async def _sync_type(
     ingestor: Ingestor,
     full: bool,
     progress: Progress | None,
-    metrics: SyncObserver | None = None,
-    plan: TypePlan = INCREMENTAL,
-    after: asyncio.Future[Any] | None = None,
-    answered: asyncio.Event | None = None,
+    metrics: SyncObserver | None,
+    plan: TypePlan,
+    turn: Turn,
+    start: TypeStart | None,
 ) -> TypeReport:
     report = TypeReport(resource_type)
+    after = turn.after
     store = ingestor.store
     started = time.perf_counter()
     incremental = plan.mode is Mode.LAST_UPDATED
-    stored_cursor = await asyncio.to_thread(store.get_cursor, source.name, resource_type)
+    if start is None:
+        [start] = await asyncio.to_thread(type_starts, store, source.name, [resource_type])
+    stored_cursor, first_load = start.cursor, start.first_load
     cursor = None if full or plan.mode is Mode.FULL else stored_cursor
     high_water = cursor
-    # A first load that fails part-way is still a first load on the next run: the marker
-    # lives until a search of this type completes ('trigger: new' rules stay quiet till then).
     marker = resource_type + FIRST_LOAD_SUFFIX
-    first_load = (
-        stored_cursor is None
-        or (await asyncio.to_thread(store.get_cursor, source.name, marker)) is not None
-    )
-    if stored_cursor is None:
-        await asyncio.to_thread(store.set_cursor, source.name, marker, "1")
     sorted_so_far = True
     try:
         for _ in range(MAX_PASSES):
@@ -284,12 +341,17 @@ async def _sync_type(
                 )
 
             pool = ingestor.pool is not None and ingestor.pool.enabled
-            pages = _prefetched(client.search(resource_type, params), ahead if pool else None)
+            pages = _prefetched(
+                client.search(resource_type, params),
+                ahead if pool else None,
+                depth=PREFETCH_DEPTH,
+                deepen=turn.before_fetched,
+                exhausted=turn.fetched,
+            )
             # aclosing: an ingest error stops the fetch ahead now, not when garbage-collected.
             async with contextlib.aclosing(pages):
                 async for page in pages:
-                    if answered is not None:
-                        answered.set()
+                    turn.answered.set()
                     if after is not None and not after.done():
                         waited = time.perf_counter()
                         await asyncio.wait([after])  # its outcome is its own report's
@@ -384,6 +446,35 @@ async def _sync_type(
         elapsed_ms=round(report.seconds * 1000),
     )
     return report
+
+
+@dataclass(frozen=True)
+class TypeStart:
+    """Where a type's sync starts: its stored cursor, and whether it is (still) a first load."""
+
+    cursor: str | None
+    first_load: bool
+
+
+def type_starts(store: Store, source: str, resource_types: Sequence[str]) -> list[TypeStart]:
+    """The cursor state of each of `resource_types`, marking those without a cursor as in
+    their first load.
+
+    A first load that fails part-way is still a first load on the next run: the marker lives
+    until a search of the type completes (`trigger: new` rules stay quiet till then).
+    `sync_source` reads every type's at once before any ingest starts: read when each type
+    starts, they waited for the store's writer (SQLite's one connection) while the type
+    before was being ingested, and the search did not start meanwhile.
+    """
+    starts = []
+    for resource_type in resource_types:
+        marker = resource_type + FIRST_LOAD_SUFFIX
+        cursor = store.get_cursor(source, resource_type)
+        if cursor is None:
+            store.set_cursor(source, marker, "1")
+        first_load = cursor is None or store.get_cursor(source, marker) is not None
+        starts.append(TypeStart(cursor, first_load))
+    return starts
 
 
 def _unseen(store: Store, source: str, resources: list[dict[str, object]]) -> list[str]:
@@ -484,10 +575,15 @@ async def sync_source(
     # for a created-date plan too.
     auto = plans is None and source.sync_strategy == "auto"
     pool = ingestor.pool if ingestor.pool is not None and ingestor.pool.enabled else None
-    idle_pool = pool is not None and not full and not pool.ready()
-    # The cursors are read only when the answer matters (not on every poll of a running
-    # bridge whose plans are known and whose pool is up, or absent).
-    first = (auto or idle_pool) and await _first_load(source, ingestor)
+    ordered = dependency_order(source.resource_types, ingestor.rules)
+    starts = dict(
+        zip(
+            ordered,
+            await asyncio.to_thread(type_starts, ingestor.store, source.name, ordered),
+            strict=True,
+        )
+    )
+    first = all(s.cursor is None for s in starts.values())
     defer = auto and first
     if pool is not None and (first or full):
         # Everything is searched: a big job. The workers start while the first pages come,
@@ -500,13 +596,20 @@ async def sync_source(
     # once the type before it has had its first page (the source answers: a failing one is
     # not asked twice at once, its breaker's first failure stays the first type's), while
     # that type is still being ingested: no type waits for the server at its start, and the
-    # parse pool checks its first pages meanwhile.
-    running: list[tuple[asyncio.Task[TypeReport], asyncio.Event]] = []
+    # parse pool checks its first pages meanwhile. At most TYPES_AT_ONCE run (the one being
+    # ingested and the next), so memory stays at a few pages.
+    running: list[tuple[asyncio.Task[TypeReport], Turn]] = []
     try:
-        for resource_type in dependency_order(source.resource_types, ingestor.rules):
-            if running:
-                await running[-1][1].wait()
-            answered = asyncio.Event()
+        for resource_type in ordered:
+            before = running[-1] if running else None
+            if before is not None:
+                await before[1].answered.wait()
+            while len(running) >= TYPES_AT_ONCE:
+                report.types.append(await running.pop(0)[0])
+            turn = Turn(
+                after=before[0] if before else None,
+                before_fetched=before[1].fetched if before else None,
+            )
             task = asyncio.create_task(
                 sync_type(
                     source,
@@ -517,13 +620,11 @@ async def sync_source(
                     progress=progress,
                     metrics=metrics,
                     plan=(plans or {}).get(resource_type, INCREMENTAL),
-                    after=running[-1][0] if running else None,
-                    answered=answered,
+                    turn=turn,
+                    start=starts[resource_type],
                 )
             )
-            running.append((task, answered))
-            if len(running) > 1:
-                report.types.append(await running.pop(0)[0])
+            running.append((task, turn))
         while running:
             report.types.append(await running.pop(0)[0])
     finally:
@@ -546,15 +647,6 @@ async def _decide(
     """The cache's plans for `source`, its `/metadata` read logged under a job id of its own."""
     with structlog.contextvars.bound_contextvars(job_id=new_job_id(), source=source.name):
         return await cache.plans(source, client)
-
-
-async def _first_load(source: SourceConfig, ingestor: Ingestor) -> bool:
-    """True when no type of the source has a cursor yet."""
-    store = ingestor.store
-    for resource_type in source.resource_types:
-        if await asyncio.to_thread(store.get_cursor, source.name, resource_type) is not None:
-            return False
-    return True
 
 
 async def pull_for_patients(

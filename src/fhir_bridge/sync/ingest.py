@@ -139,7 +139,9 @@ class _PageTasks:
         self._outcomes: list[TaskUpsert] = []  # of the pending tasks written so far
         self._absent: set[str] = set()  # task ids known not to exist
         self._ids: dict[tuple[str, str], str] = {}  # (rule id, resource id) -> task id
-        # Rules without a task on the page's source and type: only the page's own exist.
+        # Rules without a task on the page's resources before it: of those, only the tasks
+        # the page makes exist (other resources of the type, a dependent's, may have some).
+        self._quiet: dict[str, set[str]] = {}  # rule id -> ids of the page's resources
         self._taskless: dict[str, set[str]] = {}  # rule id -> focus ids of the page's tasks
 
     def task_id(self, rule: CompiledRule, source: str, resource: dict[str, Any]) -> str:
@@ -154,9 +156,13 @@ class _PageTasks:
         self, source: str, resource_type: str, rules: list[CompiledRule], page: list[Any]
     ) -> None:
         """Learn which tasks of `rules` on the page's resources of `resource_type` exist."""
-        with_tasks = self.store.rules_with_tasks(source, resource_type, [r.id for r in rules])
+        focus_ids = [str(resource.get("id")) for resource in page]
+        with_tasks = self.store.rules_with_tasks(
+            source, resource_type, [r.id for r in rules], focus_ids
+        )
         for rule in rules:
             if rule.id not in with_tasks:
+                self._quiet.setdefault(rule.id, set()).update(focus_ids)
                 self._taskless.setdefault(rule.id, set())
         ids = [
             self.task_id(rule, source, resource)
@@ -170,9 +176,11 @@ class _PageTasks:
     def get(self, rule: CompiledRule, source: str, resource: dict[str, Any]) -> Task | None:
         """The task of `rule` for `resource`, or None (without a store read when the page
         knows there is none)."""
-        created = self._taskless.get(rule.id)
-        if created is not None and str(resource.get("id")) not in created:
-            return None
+        quiet = self._quiet.get(rule.id)
+        if quiet is not None:
+            rid = str(resource.get("id"))
+            if rid in quiet and rid not in self._taskless[rule.id]:
+                return None
         task_id = self.task_id(rule, source, resource)
         if task_id in self._pending:
             self.flush()

@@ -127,9 +127,10 @@ class _PageTasks:
     On a first load nearly every evaluation asks for a task that does not exist. So the store
     is asked once which rules have any task on the page's resources (none, on a first load,
     even after earlier pages made tasks on theirs: then no id is even computed), and, for the
-    rules that do, which of the page's task ids exist. A task found is read again when asked for, so a coordinator's change made
-    meanwhile is seen as before. New tasks are written together when the page ends (or
-    before one of them is read again); refreshes and closes are written as they happen.
+    rules that do, which of the page's task ids exist. A task found is read again when asked
+    for, so a coordinator's change made meanwhile is seen as before. New tasks are written
+    together when the page ends (or before one of them is read again); refreshes and closes
+    are written as they happen.
     """
 
     def __init__(self, store: Store, now: datetime) -> None:

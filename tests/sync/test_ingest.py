@@ -9,12 +9,14 @@ from typing import Any
 import pytest
 
 from fhir_bridge.config import DEFAULT_RESOURCE_TYPES
+from fhir_bridge.mapping.engine import RuleSet
+from fhir_bridge.store.sqlite import SqliteStore
 from fhir_bridge.sync.engine import dependency_order
-from fhir_bridge.sync.ingest import Ingestor, IngestResult, content_hash, later
+from fhir_bridge.sync.ingest import Ingestor, IngestResult, _PageTasks, content_hash, later
 from fhir_bridge.tasks.model import TaskStatus, task_id
 from fhir_bridge.tasks.service import TaskService
 from tests.expected import expected_active_tasks
-from tests.utils import NOW, sample
+from tests.utils import NOW, ROOT, make_draft, sample
 
 SOURCE = "main-ehr"
 MAPPED_TYPES = [
@@ -273,3 +275,23 @@ def test_content_hash_ignores_key_order():
     appt = first_noshow()
     reordered = dict(reversed(list(appt.items())))
     assert content_hash(reordered) == content_hash(appt)
+
+
+def test_page_task_shortcut_covers_only_the_pages_own_resources():
+    """A rule without a task on any of the page's resources answers None for them without a
+    read; a task of that rule on another resource of the type (a dependent re-evaluated with
+    the page) is still found."""
+    store = SqliteStore(":memory:")
+    [rule] = [
+        r
+        for r in RuleSet.load(ROOT / "mappings").for_type("Appointment")
+        if r.id == "no-show-outreach"
+    ]
+    store.upsert_tasks([make_draft(source="ehr", focus_id="a2")], NOW)
+    tasks = _PageTasks(store, NOW)
+    page = [{"resourceType": "Appointment", "id": "a1"}]
+    tasks.prefetch("ehr", "Appointment", [rule], page)
+    assert tasks.get(rule, "ehr", page[0]) is None
+    other = tasks.get(rule, "ehr", {"resourceType": "Appointment", "id": "a2"})
+    assert other is not None and other.focus_id == "a2"
+    store.close()

@@ -801,21 +801,19 @@ class SqliteStore(Store):
         if not wanted:
             return set()
         rules = f"rule_id IN ({', '.join('?' * len(wanted))})"
-        if focus_ids is None:
-            rows = self._read(  # the UNIQUE (rule_id, source, focus_type, focus_id) index
-                f"SELECT DISTINCT rule_id FROM tasks WHERE {rules} "  # noqa: S608
-                "AND source=? AND focus_type=?",
-                (*wanted, source, focus_type),
-            )
-            return {r["rule_id"] for r in rows}
+        ids = None if focus_ids is None else list(dict.fromkeys(focus_ids))
+        chunks = (
+            [None]
+            if ids is None
+            else [ids[i : i + _IN_CHUNK] for i in range(0, len(ids), _IN_CHUNK)]
+        )
         found: set[str] = set()
-        ids = list(dict.fromkeys(focus_ids))
-        for start in range(0, len(ids), _IN_CHUNK):
-            chunk = ids[start : start + _IN_CHUNK]
-            rows = self._read(  # the same index, one probe per (rule, id)
+        for chunk in chunks:  # the UNIQUE (rule_id, source, focus_type, focus_id) index answers
+            focus = "" if chunk is None else f" AND focus_id IN ({', '.join('?' * len(chunk))})"
+            rows = self._read(
                 f"SELECT DISTINCT rule_id FROM tasks WHERE {rules} "  # noqa: S608
-                f"AND source=? AND focus_type=? AND focus_id IN ({', '.join('?' * len(chunk))})",
-                (*wanted, source, focus_type, *chunk),
+                f"AND source=? AND focus_type=?{focus}",
+                (*wanted, source, focus_type, *(chunk or ())),
             )
             found.update(r["rule_id"] for r in rows)
         return found

@@ -142,8 +142,8 @@ class _PageTasks:
         self._ids: dict[tuple[str, str], str] = {}  # (rule id, resource id) -> task id
         # Rules without a task on the page's resources before it: of those, only the tasks
         # the page makes exist (other resources of the type, a dependent's, may have some).
-        self._quiet: dict[str, set[str]] = {}  # rule id -> ids of the page's resources
         self._taskless: dict[str, set[str]] = {}  # rule id -> focus ids of the page's tasks
+        self._page_ids: dict[str, set[str]] = {}  # resource type -> ids of the page's
 
     def task_id(self, rule: CompiledRule, source: str, resource: dict[str, Any]) -> str:
         """`rule.task_id`, computed once per page (a hash)."""
@@ -158,12 +158,12 @@ class _PageTasks:
     ) -> None:
         """Learn which tasks of `rules` on the page's resources of `resource_type` exist."""
         focus_ids = [str(resource.get("id")) for resource in page]
+        self._page_ids.setdefault(resource_type, set()).update(focus_ids)
         with_tasks = self.store.rules_with_tasks(
             source, resource_type, [r.id for r in rules], focus_ids
         )
         for rule in rules:
             if rule.id not in with_tasks:
-                self._quiet.setdefault(rule.id, set()).update(focus_ids)
                 self._taskless.setdefault(rule.id, set())
         ids = [
             self.task_id(rule, source, resource)
@@ -177,10 +177,10 @@ class _PageTasks:
     def get(self, rule: CompiledRule, source: str, resource: dict[str, Any]) -> Task | None:
         """The task of `rule` for `resource`, or None (without a store read when the page
         knows there is none)."""
-        quiet = self._quiet.get(rule.id)
-        if quiet is not None:
+        created = self._taskless.get(rule.id)
+        if created is not None:
             rid = str(resource.get("id"))
-            if rid in quiet and rid not in self._taskless[rule.id]:
+            if rid in self._page_ids[rule.resource_type] and rid not in created:
                 return None
         task_id = self.task_id(rule, source, resource)
         if task_id in self._pending:

@@ -193,3 +193,72 @@ def test_off_for_an_untested_version(monkeypatch: pytest.MonkeyPatch) -> None:
     assert speedups.wanted()
     monkeypatch.setenv(speedups.ENV, "off")
     assert not speedups.wanted()
+
+
+# -- shared elements ----------------------------------------------------------------------------
+def _coded(rtype: str, code: Any, subject: str = "Patient/1") -> dict[str, Any]:
+    """An Observation-like resource with one coding (MedicationStatement: medication[x])."""
+    coding = {"system": "http://snomed.info/sct", "code": code, "display": "Asthma"}
+    return {
+        "resourceType": rtype,
+        "id": "m",
+        "status": "active",
+        "subject": {"reference": subject},
+        "medicationCodeableConcept": {"coding": [coding]},
+    }
+
+
+def test_an_element_seen_before_is_shared_only_inside_sharing() -> None:
+    """Under `sharing()` an equal element validated as the same class is one instance; models
+    built elsewhere (a caller may keep and change them) never share one."""
+    from fhir.resources.R4B.medicationstatement import MedicationStatement
+
+    data = _coded("MedicationStatement", "195967001")
+    with speedups.sharing():
+        first = MedicationStatement.model_validate(data)
+        second = MedicationStatement.model_validate(copy.deepcopy(data))
+    assert first.medicationCodeableConcept is second.medicationCodeableConcept
+    assert first.subject is second.subject
+    third = MedicationStatement.model_validate(data)
+    fourth = MedicationStatement.model_validate(data)
+    assert third.medicationCodeableConcept is not fourth.medicationCodeableConcept
+    assert third.medicationCodeableConcept is not first.medicationCodeableConcept
+
+
+def test_only_passing_elements_are_remembered() -> None:
+    """The same bad element twice is reported twice, in the library's words; a good element
+    after its bad twin (same keys, one value changed) still passes, and the bad one after
+    the good one still fails."""
+    bad = _coded("MedicationStatement", 7)  # a number where a code belongs
+    good = _coded("MedicationStatement", "195967001")
+    first = validate_resource(bad, "MedicationStatement")
+    assert first, "a number for a code is an error"
+    assert validate_resource(copy.deepcopy(bad), "MedicationStatement") == first
+    assert validate_resource(good, "MedicationStatement") == []
+    assert validate_resource(bad, "MedicationStatement") == first
+    expressions = {issue["expression"] for issue in first}
+    assert expressions == {"MedicationStatement.medicationCodeableConcept.coding[0].code"}
+
+
+def test_memo_counts_distinct_elements_and_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Equal resources add nothing to the memo; a null keeps an element out of it; it is
+    emptied when full, so it never holds more than MEMO_LIMIT elements."""
+    speedups._memo.clear()
+    validate_resource(_coded("MedicationStatement", "1"), "MedicationStatement")
+    # The coding, the CodeableConcept around it, the subject Reference.
+    assert speedups.memo_size() == 3
+    validate_resource(_coded("MedicationStatement", "1"), "MedicationStatement")
+    assert speedups.memo_size() == 3
+    validate_resource(_coded("MedicationStatement", "1", "Patient/2"), "MedicationStatement")
+    assert speedups.memo_size() == 4  # only the new subject
+    nulled = _coded("MedicationStatement", "1", "Patient/3")
+    nulled["subject"]["display"] = None
+    assert validate_resource(nulled, "MedicationStatement") == []
+    assert speedups.memo_size() == 4
+    monkeypatch.setattr(speedups, "MEMO_LIMIT", 5)
+    sizes = []
+    for n in range(20):
+        validate_resource(_coded("MedicationStatement", str(n)), "MedicationStatement")
+        sizes.append(speedups.memo_size())
+    assert max(sizes) <= 5
+    assert min(sizes[4:]) < 5, "emptied when full"

@@ -92,7 +92,8 @@ def validate_resource(resource: Any, expected_type: str | None = None) -> list[I
     if not isinstance(resource.get("id"), str) or not resource["id"]:
         issues.append(_issue("required", f"{rtype}.id", "a resource from a server must have an id"))
     try:
-        model.model_validate(resource)
+        with speedups.sharing():  # the model is thrown away: its elements may be shared
+            model.model_validate(resource)
     except ValidationError as exc:
         for err in exc.errors(include_input=False, include_url=False):
             code = _CODE_BY_PYDANTIC_TYPE.get(err["type"], "value")

@@ -19,6 +19,14 @@ else to the library's own function, so every error is still the library's own, w
   `__init__` would do after looking for a resource type), one call into pydantic-core instead
   of two; a result of exactly the expected class needs none of the original's type checks;
   anything else (a contained resource, an instance, a string) takes the original path.
+- Shared elements (`sharing()`, what `validate_resource` validates under): a nested element
+  equal, as JSON, to one already validated as the same class passes as that one did (its
+  instance is reused), without running its validators again. Most elements of a page repeat
+  (codings, identifiers' types, extensions, meta): 82% of the nested element validations of
+  the 10k generated population and 90% of the unique 30-patient sample are repeats. Only
+  passes are remembered, so every error is still found and worded by the library; the
+  memo is bounded (`MEMO_LIMIT` entries, emptied when full) and used only inside `sharing()`,
+  whose models are thrown away, so no caller holds an instance another resource shares.
 - `FhirBase.get_model_klass`: an unbounded cache (the library's `lru_cache` keeps 128 of the
   R4B's ~200 element types, so a sync imported classes by dotted name again and again).
 
@@ -37,13 +45,46 @@ environment turns them off.
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from importlib import metadata
+from types import TracebackType
 from typing import Any
+
+import orjson
 
 TESTED = frozenset({"1.1.12"})
 ENV = "FHIR_BRIDGE_VALIDATE_SPEEDUPS"
 
 _state: dict[str, bool] = {"installed": False}
+
+# Elements validated under `sharing()`, by (class, JSON): the instance to reuse for an equal one.
+MEMO_LIMIT = 32_768  # entries (about 1 kB each with their instances), then emptied
+_memo: dict[tuple[type, bytes], Any] = {}
+_sharing: ContextVar[bool] = ContextVar("fhir_bridge_sharing", default=False)
+
+
+class sharing:  # lower case: used as a function, `with sharing():`
+    """Within this block (this thread or task), a nested element equal to one validated
+    before as the same class passes without being validated again (see the module's text).
+
+    Only for validations whose models are thrown away: the instances are shared.
+    """
+
+    def __enter__(self) -> None:
+        self._token = _sharing.set(True)
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        _sharing.reset(self._token)
+
+
+def memo_size() -> int:
+    """Elements remembered now (for tests)."""
+    return len(_memo)
 
 
 def installed() -> bool:
@@ -143,6 +184,11 @@ def install() -> bool:
             if "resourceType" in value or "resource_type" in value:
                 value = model_klass.model_validate(value)  # a resource: __init__ checks its type
             else:
+                key = _memo_key(model_klass, value) if _sharing.get() else None
+                if key is not None:
+                    seen = _memo.get(key)
+                    if seen is not None:
+                        return seen
                 # What model_validate does through the model's __init__ (which only looks
                 # for a resource type), without the detour: one call into pydantic-core
                 # instead of two, and the after validator once instead of twice.
@@ -150,6 +196,10 @@ def install() -> bool:
                 value = model_klass.__pydantic_validator__.validate_python(
                     value, self_instance=element
                 )
+                if key is not None and type(value) is model_klass:  # passed: remember it
+                    if len(_memo) >= MEMO_LIMIT:
+                        _memo.clear()
+                    _memo[key] = value
             if type(value) is model_klass:
                 return value
         return original_model_validator(cls, value, model_klass)
@@ -170,3 +220,15 @@ def install() -> bool:
     base.fhir_model_validator = classmethod(fhir_model_validator)
     _state["installed"] = True
     return True
+
+
+def _memo_key(model_klass: type, value: dict[str, Any]) -> tuple[type, bytes] | None:
+    """The memo's key for `value` validated as `model_klass`; None where JSON could make two
+    different values equal or cannot write one: orjson writes NaN and Infinity as null (a
+    key with null in it is not used; nulls are rare and mostly errors), refuses integers
+    beyond 64 bits and lone surrogates. Key order counts (a different order is a miss)."""
+    try:
+        blob = orjson.dumps(value)
+    except TypeError:  # orjson.JSONEncodeError is one
+        return None
+    return None if b"null" in blob else (model_klass, blob)

@@ -19,22 +19,25 @@ else to the library's own function, so every error is still the library's own, w
   `__init__` would do after looking for a resource type), one call into pydantic-core instead
   of two; a result of exactly the expected class needs none of the original's type checks;
   anything else (a contained resource, an instance, a string) takes the original path.
-- Shared elements (`sharing()`, what `validate_resource` validates under): a nested element
-  equal, as JSON, to one already validated as the same class passes as that one did (its
-  instance is reused), without running its validators again. Most elements of a page repeat
-  (codings, identifiers' types, extensions, meta): 82% of the nested element validations of
-  the 10k generated population and 90% of the unique 30-patient sample are repeats. Only
-  passes are remembered, so every error is still found and worded by the library; the
-  memo is bounded (`MEMO_LIMIT` entries, emptied when full) and used only inside `sharing()`,
-  whose models are thrown away, so no caller holds an instance another resource shares.
+- Shared elements (`sharing()`, what `validate_resource` validates under; the element
+  fields' wrap validator, from `FhirBase.__get_pydantic_core_schema__`): a nested element
+  equal, as JSON, to one already validated as the same type passes as that one did (its
+  instance is reused), without running its validators again. Most elements repeat (codings,
+  identifiers' types, extensions, meta): 82% of the nested element validations of the 10k
+  generated population and 90% of the 30-patient sample are repeats, and ingest runs 26%
+  fewer instructions (callgrind, 10,218 resources). Only passes are remembered, so every
+  error is still found and worded by the library; the memo is bounded (`MEMO_LIMIT`
+  entries, emptied when full) and used only inside `sharing()`, whose models are thrown
+  away, so no caller holds an instance another resource shares.
 - `FhirBase.get_model_klass`: an unbounded cache (the library's `lru_cache` keeps 128 of the
   R4B's ~200 element types, so a sync imported classes by dotted name again and again).
 
 Result: 10,218 generated resources in 1.0 s instead of 2.95 s (same machine, same minute;
-`make bench` shows "bare R4B parse" against "library as released" on the sample). The two
-validators apply to model classes built after `install()` (pydantic binds them when a class
-is created): `fhir_bridge.validate.parse` installs before it imports any R4B model. The rest
-are looked up at call time and apply everywhere.
+`make bench` shows "bare R4B parse" against "library as released" on the sample), before the
+shared elements. The two validators and the element fields' schema apply to model classes
+built after `install()` (pydantic binds them when a class is created):
+`fhir_bridge.validate.parse` installs before it imports any R4B model. The rest are looked
+up at call time and apply everywhere.
 
 Installed only for the `fhir_core` versions listed in `TESTED` (their internals are what this
 relies on; tests/validate/test_speedups.py proves the same findings with and without, on every
@@ -184,11 +187,6 @@ def install() -> bool:
             if "resourceType" in value or "resource_type" in value:
                 value = model_klass.model_validate(value)  # a resource: __init__ checks its type
             else:
-                key = _memo_key(model_klass, value) if _sharing.get() else None
-                if key is not None:
-                    seen = _memo.get(key)
-                    if seen is not None:
-                        return seen
                 # What model_validate does through the model's __init__ (which only looks
                 # for a resource type), without the detour: one call into pydantic-core
                 # instead of two, and the after validator once instead of twice.
@@ -196,13 +194,47 @@ def install() -> bool:
                 value = model_klass.__pydantic_validator__.validate_python(
                     value, self_instance=element
                 )
-                if key is not None and type(value) is model_klass:  # passed: remember it
-                    if len(_memo) >= MEMO_LIMIT:
-                        _memo.clear()
-                    _memo[key] = value
             if type(value) is model_klass:
                 return value
         return original_model_validator(cls, value, model_klass)
+
+    original_core_schema = base.__dict__["__get_pydantic_core_schema__"].__func__
+
+    def __get_pydantic_core_schema__(cls: Any, source_type: Any, handler: Any) -> Any:
+        # The library's schema for an element field, with its wrap validator (`_validate`,
+        # which finds the class and calls `fhir_model_validator`) behind the memo of shared
+        # elements. Not for the Resource/Element fields (contained, Bundle entries): their
+        # validator checks more than the class.
+        schema = original_core_schema(cls, source_type, handler)
+        if (
+            getattr(cls.fhir_model_validator, "__func__", None) is not fhir_model_validator
+            or schema.get("type") != "function-wrap"
+        ):
+            return schema
+        library = schema["function"]["function"]
+        dumps, memo = orjson.dumps, _memo
+
+        def validate(value: Any, validator: Any, info: Any) -> Any:
+            if type(value) is dict and _sharing.get() and "resourceType" not in value:
+                try:
+                    blob = dumps(value)
+                except TypeError:  # orjson.JSONEncodeError: beyond 64 bits, lone surrogates
+                    blob = b"null"
+                # orjson writes NaN and Infinity as null: a JSON null is never a key.
+                if b"null" not in blob and "resource_type" not in value:
+                    key = (source_type, blob)  # key order counts: another order is a miss
+                    seen = memo.get(key)
+                    if seen is not None:
+                        return seen
+                    element = library(value, validator, info)  # raises unless it passes
+                    if len(memo) >= MEMO_LIMIT:
+                        memo.clear()
+                    memo[key] = element
+                    return element
+            return library(value, validator, info)
+
+        schema["function"]["function"] = validate
+        return schema
 
     classes: dict[Any, Any] = {}
 
@@ -218,17 +250,6 @@ def install() -> bool:
     model._validate_required_primitive_elements = _validate_required_primitive_elements
     base.get_model_klass = classmethod(get_model_klass)
     base.fhir_model_validator = classmethod(fhir_model_validator)
+    base.__get_pydantic_core_schema__ = classmethod(__get_pydantic_core_schema__)
     _state["installed"] = True
     return True
-
-
-def _memo_key(model_klass: type, value: dict[str, Any]) -> tuple[type, bytes] | None:
-    """The memo's key for `value` validated as `model_klass`; None where JSON could make two
-    different values equal or cannot write one: orjson writes NaN and Infinity as null (a
-    key with null in it is not used; nulls are rare and mostly errors), refuses integers
-    beyond 64 bits and lone surrogates. Key order counts (a different order is a miss)."""
-    try:
-        blob = orjson.dumps(value)
-    except TypeError:  # orjson.JSONEncodeError is one
-        return None
-    return None if b"null" in blob else (model_klass, blob)

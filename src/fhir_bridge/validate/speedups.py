@@ -60,8 +60,10 @@ ENV = "FHIR_BRIDGE_VALIDATE_SPEEDUPS"
 
 _state: dict[str, bool] = {"installed": False}
 
-# Elements validated under `sharing()`, by (class, JSON): the instance to reuse for an equal one.
-MEMO_LIMIT = 32_768  # entries (about 1 kB each with their instances), then emptied
+# Elements validated under `sharing()`, by (type, JSON): the instance to reuse for an equal one.
+# Entries, then emptied: about 5 kB each with their instances (some 20 MB). On the 10k
+# generated population 4,096 keep 80% of the nested validations off, against 82% unbounded.
+MEMO_LIMIT = 4_096
 _memo: dict[tuple[type, bytes], Any] = {}
 _sharing: ContextVar[bool] = ContextVar("fhir_bridge_sharing", default=False)
 

@@ -521,3 +521,21 @@ async def test_error_messages_carry_no_query(api, fhir):
         await collect(fhir.search("Patient", {"family": "Smith"}))
     assert str(info.value) == "GET Patient on source ehr1: HTTP 400: bad parameter"
     assert info.value.url == "/fhir/Patient"
+
+
+async def test_clients_share_one_tls_context() -> None:
+    """Each client used to load the CA bundle again (30-50 ms); now they share one context,
+    which still verifies certificates against it."""
+    import ssl
+
+    from fhir_bridge.fhir.client import tls_context
+
+    contexts = []
+    for _ in range(2):
+        async with FhirClient(BASE) as client:
+            http = client._http
+            assert http is not None
+            contexts.append(http._transport._pool._ssl_context)  # type: ignore[attr-defined]
+    assert contexts[0] is contexts[1] is tls_context()
+    assert tls_context().verify_mode is ssl.CERT_REQUIRED
+    assert tls_context().get_ca_certs() or tls_context().cert_store_stats()["x509_ca"] > 0

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from fhir_bridge.errors import FatalFhirError, MalformedResponse, TemporaryFhirError
+from fhir_bridge.fhir.client import tls_context
 
 log = structlog.get_logger(__name__)
 
@@ -241,7 +242,10 @@ class SmartBackendAuth(httpx.Auth):
 
     async def _fetch_token(self) -> None:
         async with httpx.AsyncClient(
-            timeout=self._timeout, transport=self._transport, follow_redirects=False
+            timeout=self._timeout,
+            transport=self._transport,
+            follow_redirects=False,
+            verify=tls_context(),
         ) as http:
             token_url = self.token_url or await self._discover(http)
             self.token_url = token_url

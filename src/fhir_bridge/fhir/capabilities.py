@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from fhir_bridge.errors import FhirRequestError
-from fhir_bridge.fhir.client import FHIR_JSON, FhirClient
+from fhir_bridge.fhir.client import FHIR_JSON, FhirClient, tls_context
 
 # Search parameters that hold a creation (or authoring) date. Without _lastUpdated, searching on
 # one of these finds new resources, but never edits of old ones.
@@ -284,7 +284,7 @@ async def check_server(
     """
     base = base_url.rstrip("/")
     async with httpx.AsyncClient(
-        timeout=timeout, transport=transport, follow_redirects=False
+        timeout=timeout, transport=transport, follow_redirects=False, verify=tls_context()
     ) as http:
         metadata = await _get_public(http, f"{base}/metadata", FHIR_JSON)
         smart = None

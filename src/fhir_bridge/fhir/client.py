@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import importlib.metadata
 import json
 import random
 import re
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -48,6 +50,18 @@ _TYPE_RE = re.compile(r"[A-Z][A-Za-z]{0,63}")
 Params = Mapping[str, str] | Sequence[tuple[str, str]]
 _ResourceKey = tuple[str, str, str | None]
 _Query = tuple[tuple[str, str], ...]
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """The process's one TLS context for outgoing HTTPS: httpx's default (certifi's CA bundle;
+    SSL_CERT_FILE and SSL_CERT_DIR as they are at the first call).
+
+    Why shared: httpx builds a context, loading the whole CA bundle, for every client it
+    creates (30-50 ms of CPU, measured), and a sync opens a client per source, a webhook
+    delivery one per request. A context is safe to share between clients and threads.
+    """
+    return httpx.create_ssl_context()
 
 
 def user_agent(purpose: str | None = None) -> str:
@@ -190,6 +204,7 @@ class FhirClient:
             transport=self._transport,
             headers={"Accept": FHIR_JSON, "User-Agent": user_agent()},
             follow_redirects=False,  # a redirect could carry our credentials to another host
+            verify=tls_context(),
         )
         return self
 

@@ -40,7 +40,7 @@ import httpx
 from fhir_bridge.config import FamilyWebhookConfig
 from fhir_bridge.errors import ConfigError, FatalFhirError, FhirBridgeError
 from fhir_bridge.fhir import FhirClient
-from fhir_bridge.fhir.client import parse_retry_after, user_agent
+from fhir_bridge.fhir.client import parse_retry_after, tls_context, user_agent
 from fhir_bridge.logging import get_logger
 from fhir_bridge.patients.contacts import Contact, record_contacts
 from fhir_bridge.store.base import Store
@@ -315,7 +315,10 @@ class FamilyWebhook:
         status: int | None = None
         try:
             async with httpx.AsyncClient(
-                timeout=self.config.timeout, transport=self._transport, follow_redirects=False
+                timeout=self.config.timeout,
+                transport=self._transport,
+                follow_redirects=False,
+                verify=tls_context(),
             ) as http:
                 response = await http.post(self.url, content=content, headers=headers)
             status = response.status_code

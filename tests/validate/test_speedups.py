@@ -243,7 +243,7 @@ def test_only_passing_elements_are_remembered() -> None:
 def test_memo_counts_distinct_elements_and_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     """Equal resources add nothing to the memo; a null keeps an element out of it; it is
     emptied when full, so it never holds more than MEMO_LIMIT elements."""
-    speedups._memo.clear()
+    speedups.forget()
     validate_resource(_coded("MedicationStatement", "1"), "MedicationStatement")
     # The coding, the CodeableConcept around it, the subject Reference.
     assert speedups.memo_size() == 3
@@ -262,3 +262,25 @@ def test_memo_counts_distinct_elements_and_stays_bounded(monkeypatch: pytest.Mon
         sizes.append(speedups.memo_size())
     assert max(sizes) <= 5
     assert min(sizes[4:]) < 5, "emptied when full"
+
+
+def test_a_type_that_rarely_repeats_is_not_looked_up_until_probed_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After PROBE lookups with under 1 in 16 found, a field's elements are validated straight
+    (not remembered) for REPROBE more, then probed again; a field that repeats keeps its memo."""
+    monkeypatch.setattr(speedups, "PROBE", 8)
+    monkeypatch.setattr(speedups, "REPROBE", 20)
+    speedups.forget()
+    sizes = []
+    for n in range(32):  # the same coding each time, a new subject each time
+        resource = _coded("MedicationStatement", "1", f"Patient/{n}")
+        assert validate_resource(resource, "MedicationStatement") == []
+        sizes.append(speedups.memo_size())
+    # The coding, its CodeableConcept, then one subject a resource for the first 8.
+    assert sizes[:8] == list(range(3, 11))
+    assert set(sizes[8:29]) == {10}, "subjects not remembered after 8 lookups, no hit"
+    assert sizes[29:] == [11, 12, 13], "probed again after 20 more"
+    bad = _coded("MedicationStatement", 7, "Patient/x")
+    assert validate_resource(bad, "MedicationStatement"), "errors still found"
+    speedups.forget()

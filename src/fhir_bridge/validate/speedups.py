@@ -65,6 +65,11 @@ _state: dict[str, bool] = {"installed": False}
 # generated population 4,096 keep 80% of the nested validations off, against 82% unbounded.
 MEMO_LIMIT = 4_096
 _memo: dict[tuple[type, bytes], Any] = {}
+# An element type found again in under 1 of 16 of its first PROBE lookups is not looked up
+# (nor remembered) for its next REPROBE elements; then probed afresh.
+PROBE = 512
+REPROBE = 50_000
+_probes: list[list[int]] = []  # [lookups, hits] of each element field's validator
 _sharing: ContextVar[bool] = ContextVar("fhir_bridge_sharing", default=False)
 
 
@@ -90,6 +95,13 @@ class sharing:  # lower case: used as a function, `with sharing():`
 def memo_size() -> int:
     """Elements remembered now (for tests)."""
     return len(_memo)
+
+
+def forget() -> None:
+    """Empty the memo and start every type's probe afresh (for tests and benchmarks)."""
+    _memo.clear()
+    for probe in _probes:
+        probe[:] = [0, 0]
 
 
 def installed() -> bool:
@@ -215,9 +227,19 @@ def install() -> bool:
             return schema
         library = schema["function"]["function"]
         dumps, memo = orjson.dumps, _memo
+        # This type's lookups and hits; a type whose elements rarely repeat (Meta: a version
+        # and a timestamp of its own) is validated straight until it is probed again.
+        seen_here = [0, 0]
+        _probes.append(seen_here)
 
         def validate(value: Any, validator: Any, info: Any) -> Any:
             if type(value) is dict and _sharing.get() and "resourceType" not in value:
+                tries, hits = seen_here
+                if tries >= PROBE and hits * 16 < tries:  # under 1 in 16 a repeat
+                    seen_here[0] += 1
+                    if tries >= PROBE + REPROBE:
+                        seen_here[0] = seen_here[1] = 0
+                    return library(value, validator, info)
                 try:
                     blob = dumps(value)
                 except TypeError:  # orjson.JSONEncodeError: beyond 64 bits, lone surrogates
@@ -226,7 +248,9 @@ def install() -> bool:
                 if b"null" not in blob and "resource_type" not in value:
                     key = (source_type, blob)  # key order counts: another order is a miss
                     seen = memo.get(key)
+                    seen_here[0] += 1
                     if seen is not None:
+                        seen_here[1] += 1
                         return seen
                     element = library(value, validator, info)  # raises unless it passes
                     if len(memo) >= MEMO_LIMIT:

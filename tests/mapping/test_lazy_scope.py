@@ -92,3 +92,28 @@ def test_shifting_a_non_text_value_steps_aside():
     with pytest.raises(fastpath.Fallback):
         shift({"resourceType": "CarePlan", "period": {"start": "2026-01-01"}}, {})
     assert fastpath.compile_fast("start + 1 day", {})({"start": "2026-01-01"}, {}) == ["2026-01-02"]
+
+
+@pytest.mark.parametrize("appointment_status", ["booked", "noshow"])
+def test_an_evaluation_is_freed_without_the_garbage_collector(tmp_path, appointment_status):
+    """An evaluation (matched or not, with its scope kept for close cases) and the resource
+    it read form no reference cycle: dropped, they are freed at once. A 10k first load left
+    ~190,000 objects in such cycles for the collector."""
+    import gc
+    import weakref
+
+    pre_visit = _pre_visit(tmp_path)
+    appointment = copy.deepcopy(APPOINTMENT) | {"status": appointment_status}
+    lookup = CountingLookup([COVERAGE])
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        ev = pre_visit.evaluate(appointment, SOURCE, NOW, lookup, full=True)
+        assert ev.scope is not None and ev.scope.env  # names computed: env holds values
+        scope = weakref.ref(ev.scope)
+        held = weakref.ref(ev)
+        del ev
+        assert held() is None and scope() is None
+    finally:
+        if enabled:
+            gc.enable()

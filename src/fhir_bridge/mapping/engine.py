@@ -7,6 +7,7 @@ time; every problem is reported with `file:line:column: rule: key: message`.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -279,7 +280,13 @@ class CompiledRule:
 
 
 class _Scope:
-    """The variables of one evaluation, computed on first use."""
+    """The variables of one evaluation, computed on first use.
+
+    Nothing it holds points back at it or at its `Evaluation` (the values dict, not the
+    evaluation; the env by a weak reference): without a cycle, an evaluation and the
+    resource it read are freed as soon as they are dropped, not by the garbage collector
+    (a 10k first load left ~190,000 objects in such cycles, a third of its collections).
+    """
 
     def __init__(
         self, rule: CompiledRule, resource: dict[str, Any], lookup: Lookup, ev: Evaluation
@@ -287,7 +294,7 @@ class _Scope:
         self.rule = rule
         self.resource = resource
         self.lookup = lookup
-        self.ev = ev
+        self.values = ev.values  # what explain shows, by name
         self.env: dict[str, Any] = _ScopeEnv(self)
         self.step = "let"
         self._lets = rule.let_table
@@ -301,7 +308,7 @@ class _Scope:
             self.need(expr.variables, "task.patient")
             self.step = "task.patient"
             values = expr(self.resource, self.env)
-            self.ev.values["task.patient"] = values
+            self.values["task.patient"] = values
             self._patient = (str(values[0]) if values else None,)
         return self._patient[0]
 
@@ -314,12 +321,12 @@ class _Scope:
                 expr = self._lets[name]
                 self.need(expr.variables, step)
                 self.step = f"let.{name}"
-                self.env[name] = self.ev.values[f"%{name}"] = expr(self.resource, self.env)
+                self.env[name] = self.values[f"%{name}"] = expr(self.resource, self.env)
             elif name == FAMILY:
                 from fhir_bridge.patients.contacts import rule_contacts
 
                 self.env[name] = rule_contacts(self.lookup, self.patient())
-                self.ev.values[f"%{name}"] = [c["reference"] for c in self.env[name]]
+                self.values[f"%{name}"] = [c["reference"] for c in self.env[name]]
             elif name in self._related:
                 rtype, where = self._related[name]
                 patient = self.patient()
@@ -330,7 +337,7 @@ class _Scope:
                     guard = self.rule.related_guards[name]
                     found = [r for r in found if _holds(guard, where, r, self.env)]
                 self.env[name] = found
-                self.ev.values[f"%{name}"] = [f"{r['resourceType']}/{r.get('id')}" for r in found]
+                self.values[f"%{name}"] = [f"{r['resourceType']}/{r.get('id')}" for r in found]
 
 
 class _ScopeEnv(LazyEnv):
@@ -338,10 +345,12 @@ class _ScopeEnv(LazyEnv):
 
     def __init__(self, scope: _Scope) -> None:
         super().__init__()
-        self.scope = scope
+        self._scope = weakref.ref(scope)  # not a cycle: see _Scope
 
     def __missing__(self, name: str) -> Any:
-        scope = self.scope
+        scope = self._scope()
+        if scope is None:  # only while its scope lives is an env read
+            raise KeyError(name)
         step = scope.step
         scope.need((name,), step)
         scope.step = step  # what fails later is still the expression that asked

@@ -285,7 +285,7 @@ class _Scope:
     Nothing it holds points back at it or at its `Evaluation` (the values dict, not the
     evaluation; the env by a weak reference): without a cycle, an evaluation and the
     resource it read are freed as soon as they are dropped, not by the garbage collector
-    (a 10k first load left ~190,000 objects in such cycles, a third of its collections).
+    (a 10k first load left ~190,000 objects in such cycles: 32 young collections, now 25).
     """
 
     def __init__(

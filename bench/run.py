@@ -9,7 +9,8 @@ same run; results written as JSON to compare runs. Asserts nothing.
 2. sync: a full sync of the sample population from a real SEKMET, next to raw httpx paging of
    the same searches (same page size, same sort), which is the floor any client pays.
    sync10k: the same comparison at >= 10,000 generated resources (bench/bulk.py's rewritten
-   ids) on a fresh in-memory SEKMET, 500 a page, medians of at most 3 (goal: <= 1.3x).
+   ids) on a fresh in-memory SEKMET, 500 a page, medians of at most 3 (goal: <= 1.3x), with
+   a second anchor: the same searches paged by fhirpy (a popular Python FHIR client).
 3. bulk: file ingest (bench/bulk.py) of generated populations in child processes: resources/s
    against the in-process ingest rate of (1), and peak RSS of the largest against the smallest.
 4. api: GET latencies (p50, p99) over loopback HTTP against uvicorn serving a store with the
@@ -288,6 +289,19 @@ async def raw_paging(url: str, page_size: int = PAGE_SIZE) -> int:
     return seen
 
 
+async def fhirpy_paging(url: str, page_size: int = PAGE_SIZE) -> int:
+    """Page through every type with fhirpy, a popular Python FHIR client (its async client
+    over aiohttp: each resource becomes one of its resource objects), the same searches."""
+    from fhirpy import AsyncFHIRClient  # a dev extra: only the benchmark uses it
+
+    client = AsyncFHIRClient(url)
+    seen = 0
+    for rtype in DEFAULT_RESOURCE_TYPES:
+        async for _ in client.resources(rtype).limit(page_size).sort("_lastUpdated"):
+            seen += 1
+    return seen
+
+
 def bench_sync(repeat: int) -> dict[str, Any]:
     """Full sync of the sample population vs raw paging, against one SEKMET."""
     with Sekmet() as ehr:
@@ -371,20 +385,31 @@ def bench_sync10k(size: int, tmp: Path, repeat: int, workers: int) -> dict[str, 
                     raise RuntimeError(f"bridge got {report.totals.received}, raw {received}")
                 return elapsed, used, main, served
 
-        def raw_once() -> tuple[float, float, float, float]:
+        def paging_once(client: Callable[[str, int], Any]) -> tuple[float, float, float, float]:
             served = cpu_seconds(server)
             start, start_cpu = time.perf_counter(), time.process_time()
-            asyncio.run(raw_paging(url, SYNC10K_PAGE_SIZE))
+            seen = asyncio.run(client(url, SYNC10K_PAGE_SIZE))
             used = time.process_time() - start_cpu
+            if seen != received:
+                raise RuntimeError(f"{client.__name__} got {seen}, raw {received}")
             return time.perf_counter() - start, used, used, cpu_seconds(server) - served
 
         runs: dict[str, list[tuple[float, float, float, float]]] = {
             "raw": [],
+            "fhirpy": [],
             "one": [],
             "pool": [],
         }
+        try:
+            import fhirpy  # noqa: F401
+        except ImportError:  # an install without the dev extra: that row is left out
+            with_fhirpy = False
+        else:
+            with_fhirpy = True
         for _ in range(repeat):  # interleaved, as in (1)
-            runs["raw"].append(raw_once())
+            runs["raw"].append(paging_once(raw_paging))
+            if with_fhirpy:
+                runs["fhirpy"].append(paging_once(fhirpy_paging))
             runs["one"].append(sync_once(0))
             if workers:
                 runs["pool"].append(sync_once(workers))
@@ -417,6 +442,12 @@ def bench_sync10k(size: int, tmp: Path, repeat: int, workers: int) -> dict[str, 
         "server_cpu_sync_s": server_cpu["one"],
         "floor_vs_raw": floor["one"] / wall["raw"],
     }
+    if "fhirpy" in wall:
+        result |= {
+            "fhirpy_paging_s": wall["fhirpy"],
+            "fhirpy_vs_raw": wall["fhirpy"] / wall["raw"],
+            "sync_vs_fhirpy": wall["one"] / wall["fhirpy"],
+        }
     if "pool" in wall:
         result |= {
             "pool_sync_s": wall["pool"],
@@ -684,6 +715,18 @@ def table_rows(r: dict[str, Any]) -> list[Row]:
                 f"{k['resources']:,} resources, {k['page_size']} a page",
                 None,
             ),
+        ]
+        if "fhirpy_paging_s" in k:
+            rows.append(
+                (
+                    "sync10k: fhirpy paging (second anchor)",
+                    f"{k['fhirpy_paging_s'] * 1000:,.0f} ms",
+                    f"{k['fhirpy_vs_raw']:.2f}x raw paging time; the bridge's first sync "
+                    f"{k['sync_vs_fhirpy']:.2f}x its time",
+                    k["fhirpy_paging_s"] * 1000,
+                )
+            )
+        rows += [
             (
                 "sync10k: bridge first sync",
                 f"{k['bridge_sync_s'] * 1000:,.0f} ms",

@@ -30,7 +30,9 @@ def dumps(body: dict[str, Any]) -> str:
 
 def loads(text: str) -> Any:
     """The body a `dumps` text (or a json.dumps one) holds, value for value."""
-    if _LONG_RUN not in text.encode("utf-8", "surrogatepass").translate(_DIGITS_AS_ZERO):
+    # `find`, not `in`: bytes `in` tries its operand as an integer first (a TypeError raised
+    # and cleared per call).
+    if text.encode("utf-8", "surrogatepass").translate(_DIGITS_AS_ZERO).find(_LONG_RUN) < 0:
         try:
             return orjson.loads(text)
         except orjson.JSONDecodeError:

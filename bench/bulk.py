@@ -5,7 +5,7 @@
 The packaged sample population is copied with rewritten ids (and references, so each copy is a
 consistent population of its own) into NDJSON folders of the given sizes. Each size is ingested
 with the real Ingestor (R4B parse, profiles, store, rules, task upsert) on a fresh SQLite file in
-a child process of its own, so each peak RSS (`resource.getrusage`) belongs to one size only.
+a child process of its own, so each peak RSS (`peak_rss_kb`) belongs to one size only.
 Reading is streamed, so the peak RSS should not grow with the input size.
 """
 
@@ -76,6 +76,24 @@ def storage_for(target: str, prefix: str | None) -> StorageConfig:
     return StorageConfig(path=Path(target))
 
 
+def peak_rss_kb() -> int:
+    """This process's peak resident set in KiB: Linux's VmHWM, not `ru_maxrss`.
+
+    A child started by a big parent (`make bench` runs this after its other parts) reports in
+    `ru_maxrss` the parent's size when it forked, carried across exec: `make bench` printed
+    the bench process's own ~250-350 MB for every size. VmHWM belongs to the memory the child
+    itself mapped after exec.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux, elsewhere
+
+
 def child(folder: Path, target: str, prefix: str | None = None) -> None:
     """Ingest `folder` into the store at `target`; print one JSON line of figures."""
     configure_logging("WARNING")
@@ -93,7 +111,7 @@ def child(folder: Path, target: str, prefix: str | None = None) -> None:
         ended = time.time()
     finally:
         bridge.close()
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    peak_kb = peak_rss_kb()
     r = report.result
     print(
         json.dumps(

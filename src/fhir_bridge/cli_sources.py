@@ -63,14 +63,20 @@ def _load(config: Path | None, name: str | None) -> tuple[Settings, list[SourceC
         raise ConfigError(f"no source named {name!r} in {settings.config_file}") from None
 
 
-def _resource_rows(table: Table, res: ResourceSupport) -> None:
+def _resource_rows(table: Table, res: ResourceSupport, probed: str | None) -> None:
     t = res.resource_type
     table.add_section()
     if not res.declared:
         table.add_row(t, _yes(False), "not in the CapabilityStatement")
     table.add_row(f"{t} search", _yes(res.search), "")
     table.add_row(f"{t} _lastUpdated", _yes(res.last_updated), "")
-    count_note = "not declared; the probe could not tell" if res.count is None else ""
+    # The one authenticated search (`probed`) says whether the server pages by _count: only
+    # when it has two matches or more (one entry of several, or several entries).
+    count_note = (
+        f"not declared, and GET {probed}?_count=1 had fewer than 2 matches to tell"
+        if res.count is None
+        else ""
+    )
     table.add_row(f"{t} _count", _yes(res.count), count_note)
     table.add_row(f"{t} _include", _yes(res.include), "")
     flags = [
@@ -113,7 +119,7 @@ def report_table(report: CompatibilityReport) -> Table:
     hook = {True: "rest-hook declared", None: "rest-hook not declared", False: ""}[report.rest_hook]
     table.add_row("subscriptions", _yes(report.subscriptions), hook)
     for res in report.resources:
-        _resource_rows(table, res)
+        _resource_rows(table, res, report.search.resource_type if report.search else None)
     return table
 
 

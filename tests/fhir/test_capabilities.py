@@ -416,3 +416,22 @@ def test_report_notes_are_not_rich_markup(sekmet_metadata):
     text = console.export_text()
     assert "scopes ['system/*.read'] [bold]x[/]" in text
     assert summary(report).startswith("ehr: FAILED: authenticated search failed: scopes")
+
+
+def test_unknown_count_says_which_search_could_not_tell(sekmet_metadata):
+    """An undeclared _count the probe could not settle names the probe's search and why."""
+    from rich.console import Console
+
+    metadata = copy.deepcopy(sekmet_metadata)
+    for res in metadata["rest"][0]["resource"]:
+        res["searchParam"] = [p for p in res.get("searchParam", []) if p["name"] != "_count"]
+    metadata["rest"][0]["searchParam"] = [
+        p for p in metadata["rest"][0].get("searchParam", []) if p["name"] != "_count"
+    ]
+    probe = SearchProbe("Patient", ok=True, detail="", status=200, count_honoured=None)
+    report = report_for(metadata, search=probe, types=("Patient", "Appointment"))
+    assert {r.count for r in report.resources} == {None}
+    console = Console(width=200, record=True)
+    console.print(report_table(report))
+    text = console.export_text()
+    assert text.count("not declared, and GET Patient?_count=1 had fewer than 2 matches") == 2

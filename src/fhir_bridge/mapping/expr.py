@@ -157,6 +157,12 @@ class Template:
 
     text: str
     parts: tuple[str | Expr, ...]
+    # The `%names` the template's expressions read: computed once (each render asks).
+    variables: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        names = frozenset().union(*(p.variables for p in self.parts if isinstance(p, Expr)))
+        object.__setattr__(self, "variables", names)
 
     def render(self, resource: Any, env: Mapping[str, Any]) -> str:
         """The text with every expression replaced by its value."""
@@ -167,11 +173,6 @@ class Template:
             else:
                 out.append(", ".join(str(v) for v in part(resource, env)))
         return "".join(out).strip()
-
-    @property
-    def variables(self) -> frozenset[str]:
-        """The `%names` the template's expressions read."""
-        return frozenset().union(*(p.variables for p in self.parts if isinstance(p, Expr)))
 
     @property
     def is_static(self) -> bool:

@@ -72,11 +72,13 @@ def _resource_rows(table: Table, res: ResourceSupport, probed: str | None) -> No
     table.add_row(f"{t} _lastUpdated", _yes(res.last_updated), "")
     # The one authenticated search (`probed`) says whether the server pages by _count: only
     # when it has two matches or more (one entry of several, or several entries).
-    count_note = (
-        f"not declared, and GET {probed}?_count=1 had fewer than 2 matches to tell"
-        if res.count is None
-        else ""
-    )
+    count_note = ""
+    if res.count is None:
+        count_note = (
+            f"not declared, and GET {probed}?_count=1 had fewer than 2 matches to tell"
+            if probed
+            else "not declared, and no search ran to tell"
+        )
     table.add_row(f"{t} _count", _yes(res.count), count_note)
     table.add_row(f"{t} _include", _yes(res.include), "")
     flags = [

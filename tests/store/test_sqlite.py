@@ -11,7 +11,14 @@ import pytest
 
 from fhir_bridge.store.sqlite import SqliteStore
 from fhir_bridge.tasks.model import TaskStatus
-from tests.store.test_conformance import PATIENT, SOURCE, draft, mirror_change
+from tests.store.test_conformance import (
+    PATIENT,
+    SOURCE,
+    claim_by,
+    draft,
+    mirror_change,
+    seed_filters,
+)
 from tests.utils import NOW
 
 
@@ -48,3 +55,41 @@ def test_data_survives_reopening_the_file(db_path):
         assert [e.payload for e in second.list_outbox()] == [{"n": 1}]
     finally:
         second.close()
+
+
+def _task_indexes(store: SqliteStore) -> dict[str, str]:
+    rows = store._db.execute("SELECT name, sql FROM sqlite_master WHERE tbl_name = 'tasks'")
+    return {name: sql for name, sql in rows if sql}
+
+
+def test_the_assignee_index_holds_assigned_tasks_only(db_path):
+    """Tasks are made unassigned, so the index that lists an assignee's tasks is partial (a
+    first load's inserts skip it); an assignee's list is still read through it, and a file
+    with the older full index gets the partial one when opened."""
+    old = SqliteStore(db_path)
+    old._db.execute("DROP INDEX tasks_assignee_set")
+    old._db.execute(
+        "CREATE INDEX tasks_assignee_order "
+        "ON tasks (assignee, status, priority_rank DESC, due IS NULL, due, id)"
+    )
+    old.close()
+    store = SqliteStore(db_path)
+    try:
+        indexes = _task_indexes(store)
+        assert "tasks_assignee_order" not in indexes
+        assert indexes["tasks_assignee_set"].endswith("WHERE assignee IS NOT NULL")
+        ids = seed_filters(store)
+        store.update_task(ids["k3"], claim_by("bob"))
+        plan = " ".join(
+            row[3]
+            for row in store._db.execute(
+                "EXPLAIN QUERY PLAN SELECT id FROM tasks WHERE assignee = ? "
+                "AND status IN ('in-progress', 'open') "
+                "ORDER BY priority_rank DESC, due IS NULL, due, id",
+                ("bob",),
+            )
+        )
+        assert "tasks_assignee_set" in plan
+        assert [t.focus_id for t in store.list_tasks(assignee="bob").items] == ["k3"]
+    finally:
+        store.close()

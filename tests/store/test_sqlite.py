@@ -63,9 +63,9 @@ def _task_indexes(store: SqliteStore) -> dict[str, str]:
 
 
 def test_the_assignee_index_holds_assigned_tasks_only(db_path):
-    """Tasks are made unassigned, so the index that lists an assignee's tasks is partial (a
-    first load's inserts skip it); an assignee's list is still read through it, and a file
-    with the older full index gets the partial one when opened."""
+    """Tasks are mostly made unassigned, so the index that lists an assignee's tasks is
+    partial (a first load's inserts mostly skip it); an assignee's list is still read through
+    it, and a file with the older full index gets the partial one when opened."""
     old = SqliteStore(db_path)
     old._db.execute("DROP INDEX tasks_assignee_set")
     old._db.execute(

@@ -123,18 +123,20 @@ def bare_parse(lines: dict[str, list[str]]) -> None:
             model.model_validate(json.loads(row))
 
 
+def _child(*args: str, env: dict[str, str] | None = None) -> Any:
+    """Run this script with `args` in a child process; the JSON it prints."""
+    done = subprocess.run(
+        [sys.executable, __file__, *args], env=env, capture_output=True, text=True, check=True
+    )
+    return json.loads(done.stdout)
+
+
 def library_parse(repeat: int) -> list[float]:
     """Seconds of `bare_parse` over the ingest lines in a child process without the bridge's
     validation speedups: fhir.resources as released (fhir_bridge/validate/speedups.py)."""
-    env = os.environ | {speedups.ENV: "0"}
-    done = subprocess.run(
-        [sys.executable, __file__, "--library-parse", str(repeat)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
+    times: list[float] = _child(
+        "--library-parse", str(repeat), env=os.environ | {speedups.ENV: "0"}
     )
-    times: list[float] = json.loads(done.stdout)
     return times
 
 
@@ -419,13 +421,7 @@ def bench_sync10k(size: int, tmp: Path, repeat: int, workers: int) -> dict[str, 
 
         def fhirpy_once() -> tuple[float, float, float, float]:
             served = cpu_seconds(server)  # the child's start-up leaves the server idle
-            done = subprocess.run(
-                [sys.executable, __file__, "--fhirpy-paging", url, str(SYNC10K_PAGE_SIZE)],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            got = json.loads(done.stdout)
+            got = _child("--fhirpy-paging", url, str(SYNC10K_PAGE_SIZE))
             if got["seen"] != received:
                 raise RuntimeError(f"fhirpy got {got['seen']}, raw {received}")
             return got["seconds"], got["cpu"], got["cpu"], cpu_seconds(server) - served
